@@ -1,0 +1,5 @@
+"""Sample-quality metrics: MMD^2 for point clouds, Frechet distances for images."""
+
+from trainables.metrics.mmd import MMD_DESCRIPTION, mmd2
+
+__all__ = ["MMD_DESCRIPTION", "mmd2"]
