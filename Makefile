@@ -1,0 +1,35 @@
+# The two commands of the README: `make sweep` (the main job) and `make test`.
+# Each creates the virtual environment and installs the project when needed.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: sweep test install chromium report clean-runs
+
+install: $(STAMP)
+
+# Re-installs only when pyproject.toml changes; pip resolves torch to the build on this disk
+# (a CUDA build that also runs on CPU; see docs/setup notes in README).
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+sweep: $(STAMP)
+	$(PY) sweeps/kappa_by_order.py $(ARGS)
+
+report: $(STAMP)
+	$(PY) -m dashboards.report $(ARGS)
+
+# The report test renders HTML in headless Chromium from Debian's packages.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; }
+
+test: $(STAMP) chromium
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+clean-runs:
+	rm -rf runs .test-state
