@@ -3,7 +3,7 @@
 from trainables.rcgm.errors import ConfigError
 
 POINT_TASKS = ("moons", "8gaussians", "checkerboard", "swissroll")
-IMAGE_TASKS = ("mnist", "digits")
+IMAGE_TASKS = ("mnist", "digits", "mnist-full", "cifar10")
 TASK_NAMES = POINT_TASKS + IMAGE_TASKS
 
 
