@@ -1,0 +1,21 @@
+"""Trial checkpoints: one state.pt per checkpoint, loaded with torch.load(weights_only=True)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+STATE_FILE = "state.pt"
+
+
+def save_state(directory, trainer_state: dict, config: dict, best: dict[str, float]) -> Path:
+    """Write the trainer state, the trial config and best-so-far metrics into directory."""
+    path = Path(directory) / STATE_FILE
+    torch.save({"trainer": trainer_state, "config": config, "best": dict(best)}, path)
+    return path
+
+
+def load_state(directory, map_location="cpu") -> dict:
+    """Read a state written by save_state; weights_only refuses pickled code in a checkpoint."""
+    return torch.load(Path(directory) / STATE_FILE, map_location=map_location, weights_only=True)

@@ -1,0 +1,93 @@
+"""Rank-0 evaluation: any-step samples from fixed noise, their metric, and the trial's health."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from trainables.config import TrialConfig
+from trainables.rcgm.sampling import sample
+
+HEALTHY, FINISHED, DIVERGED, COLLAPSED = "running", "finished", "diverged", "collapsed"
+# A metric this many times worse than the noise itself means the samples blew up.
+EXPLODE_FACTOR = 10.0
+
+
+@dataclass
+class Evaluation:
+    """One evaluation's metrics (per NFE), samples for pictures and the health verdict."""
+
+    step: int
+    metrics: dict[str, float]
+    samples: dict[int, torch.Tensor] = field(repr=False)
+    status: str = HEALTHY
+    reason: str = ""
+
+
+class Evaluator:
+    """Scores a model's 1/2/4-NFE samples against held-out data, always from the same noise."""
+
+    def __init__(self, cfg: TrialConfig, task, device):
+        self.cfg, self.task, self.device = cfg, task, torch.device(device)
+        gen = torch.Generator()
+        gen.manual_seed(10_007 + cfg.data_seed)
+        self.reference, self.labels = task.reference(cfg.eval_samples, gen)
+        # Fixed evaluation noise: curves measure the model, not the luck of the draw.
+        self.noise = torch.randn((cfg.eval_samples, *task.shape), generator=gen)
+        self.sample_generator_seed = 20_011 + cfg.seed
+        self.family = cfg.metric_family
+        self._scorer, self.description = self._build_scorer()
+        self.noise_level = self.score(self.noise)
+        self.best: dict[str, float] = {}
+
+    def _build_scorer(self):
+        """The metric for this task and its description (logged beside every score)."""
+        if self.cfg.kind == "points":
+            from trainables.metrics import MMD_DESCRIPTION, mmd2
+
+            ref, n = self.reference, self.cfg.eval_samples
+            return (lambda x: mmd2(x, ref)), f"{MMD_DESCRIPTION}; {n} samples vs {n} held-out points"
+        from trainables.metrics.frechet import FrechetScorer
+
+        scorer = FrechetScorer(self.cfg.image_metric, self.reference)
+        return scorer.score, scorer.description
+
+    def score(self, samples: torch.Tensor) -> float:
+        """The metric of samples against the reference set (inf when samples are not finite)."""
+        if not torch.isfinite(samples).all():
+            return float("inf")
+        return float(self._scorer(samples.detach().cpu()))
+
+    @torch.no_grad()
+    def evaluate(self, model: torch.nn.Module, step: int) -> Evaluation:
+        """Sample at every NFE, score, update best-so-far and judge the trial's health."""
+        was_training = model.training
+        model.eval()
+        gen = torch.Generator()
+        gen.manual_seed(self.sample_generator_seed)
+        z = self.noise.to(self.device)
+        y = self.labels.to(self.device) if self.labels is not None else None
+        metrics, samples = {}, {}
+        for k in self.cfg.nfe:
+            x = sample(model, z, k, style=self.cfg.sample_style, y=y, generator=gen).cpu()
+            name = f"{self.family}_{k}nfe"
+            metrics[name] = self.score(x)
+            samples[k] = x
+            if math.isfinite(metrics[name]):
+                self.best[name] = min(self.best.get(name, math.inf), metrics[name])
+        model.train(was_training)
+        status, reason = self.health(metrics, step)
+        return Evaluation(step, metrics, samples, status, reason)
+
+    def health(self, metrics: dict[str, float], step: int) -> tuple[str, str]:
+        """diverged: non-finite or exploded samples; collapsed: no better than noise late on."""
+        values = list(metrics.values())
+        if any(not math.isfinite(v) for v in values):
+            return DIVERGED, "samples are not finite"
+        if all(v > EXPLODE_FACTOR * self.noise_level for v in values):
+            return DIVERGED, f"metric > {EXPLODE_FACTOR:g}x the noise level {self.noise_level:.4g}"
+        if step >= self.cfg.collapse_after * self.cfg.steps and all(v >= self.noise_level for v in values):
+            return COLLAPSED, f"no better than noise ({self.noise_level:.4g}) at every NFE after step {step}"
+        return HEALTHY, ""

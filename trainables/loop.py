@@ -1,0 +1,135 @@
+"""The training step shared by the plain-PyTorch path and the Ray Train worker."""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from trainables.config import TrialConfig
+from trainables.data import load_task
+from trainables.models import build_model
+from trainables.rcgm.objective import build_objective
+from trainables.rcgm.schedules import build_time_schedule
+from trainables.rcgm.target import TargetModel
+
+
+def _generator(seed: int) -> torch.Generator:
+    """A CPU generator: data and noise draws stay reproducible on any device."""
+    gen = torch.Generator()
+    gen.manual_seed(seed)
+    return gen
+
+
+class Trainer:
+    """Model, target model, optimizer and per-rank random streams for one trial."""
+
+    def __init__(self, cfg: TrialConfig, device=None, rank: int = 0, world_size: int = 1, wrap_model=None):
+        self.cfg = cfg
+        self.device = torch.device(device or "cpu")
+        self.rank, self.world_size = rank, world_size
+        # Same seed on every rank: DDP also broadcasts rank 0's weights, but the target copy
+        # is made before wrapping and must match on all ranks.
+        torch.manual_seed(cfg.seed)
+        self.task = load_task(cfg.task, seed=cfg.data_seed)
+        self.model = build_model(cfg.model, self.task.shape, self.task.num_classes).to(self.device)
+        self.online = wrap_model(self.model) if wrap_model else self.model
+        self.target = TargetModel(self.model, cfg.kappa)
+        self.objective = build_objective(
+            cfg.objective, order=cfg.order, delta_t=cfg.delta_t, clip=cfg.clip, placement=cfg.placement,
+            guidance=cfg.guidance, num_classes=self.task.num_classes, label_dropout=cfg.label_dropout,
+        )
+        self.schedule = build_time_schedule(cfg.time_schedule, dict(cfg.time_params), cfg.flow_fraction)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
+        # The global batch is split over workers, so a sweep cell means the same thing at any scale.
+        self.local_batch = cfg.batch_size // world_size + (1 if rank < cfg.batch_size % world_size else 0)
+        self.generator = _generator(1_000_003 * cfg.seed + 7919 * rank + 1)
+        self.step = 0
+
+    def train_step(self) -> float:
+        """One optimizer step of the objective; returns the loss (NaN when it diverged)."""
+        self.model.train()
+        x, y = self.task.sample(self.local_batch, self.generator)
+        x = x.to(self.device)
+        y = y.to(self.device) if y is not None else None
+        z = torch.randn(x.shape, generator=self.generator).to(self.device)
+        t, r = self.schedule.sample(self.local_batch, self.generator, self.device)
+        loss, _ = self.objective.loss(self.online, self.target, x, z, t, r, y=y, generator=self.generator)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.optimizer.step()
+        self.target.update(self.model)
+        self.step += 1
+        value = float(loss.detach())
+        return value if math.isfinite(value) else float("nan")
+
+    def state_dict(self) -> dict:
+        """Everything a resumed trial needs to continue bit-for-bit from this step."""
+        return {
+            "model": self.model.state_dict(),
+            "target": self.target.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "step": self.step,
+            "generator": self.generator.get_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore a state saved by state_dict()."""
+        self.model.load_state_dict(state["model"])
+        self.target.load_state_dict(state["target"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step = int(state["step"])
+        self.generator.set_state(state["generator"])
+
+
+def run_loop(cfg: TrialConfig, trainer: Trainer, lead, report, agree=lambda status: status, step_hook=None):
+    """Step until done or unhealthy; evaluate (lead = rank 0 only), checkpoint and report on schedule.
+
+    `report(metrics, state_dir)` is Ray's report on workers and a progress print locally;
+    `agree(status)` makes every rank adopt the worst status; returns (status, reason, state_dir).
+    """
+    from trainables.checkpointing import save_state
+    from trainables.evaluation import FINISHED, HEALTHY, DIVERGED
+
+    started = time.time()
+    losses: list[float] = []
+    status, reason, state_dir = HEALTHY, "", None
+    while trainer.step < cfg.steps:
+        loss = trainer.train_step()
+        losses.append(loss)
+        step = trainer.step
+        if step_hook is not None:
+            step_hook(step)
+        if not math.isfinite(loss):
+            status, reason = DIVERGED, f"loss is not finite at step {step}"
+        last = step >= cfg.steps
+        at_eval = step % cfg.eval_every == 0 or last or status != HEALTHY
+        if not (at_eval or step % cfg.checkpoint_every == 0):
+            continue
+        finite = [v for v in losses if math.isfinite(v)]
+        metrics = {"step": step, "loss": sum(finite) / len(finite) if finite else float("nan")}
+        losses.clear()
+        if at_eval and lead is not None:
+            ev = lead.evaluate(step, metrics["loss"])
+            metrics.update(ev.metrics)
+            if status == HEALTHY and ev.status != HEALTHY:
+                status, reason = ev.status, ev.reason
+        status = agree(status)
+        done = last or status != HEALTHY
+        metrics["status"] = FINISHED if (done and status == HEALTHY) else status
+        state_dir = None
+        if lead is not None:
+            state_dir = Path(tempfile.mkdtemp(prefix="rcgm-ckpt-"))
+            save_state(state_dir, trainer.state_dict(), cfg.to_dict(), lead.evaluator.best)
+        report(metrics, state_dir)
+        if done:
+            break
+    final = FINISHED if status == HEALTHY else status
+    if lead is not None:
+        lead.finish(final, reason, trainer.step, time.time() - started, state_dir)
+    return final, reason, state_dir

@@ -1,0 +1,109 @@
+"""Run one trial by hand: `python -m trainables.run --task moons --order 2 --kappa 0.999`.
+
+On Ray Train (a local Ray, or RAY_ADDRESS) and tracked in MLflow by default; `--local` runs
+the same loop in plain PyTorch in this process (no Ray), still tracked unless `--no-track`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import uuid
+
+from trainables.cli import add_trial_arguments, trial_values_from_args
+from trainables.config import TrialConfig
+from trainables.data import DatasetUnavailable
+from trainables.rcgm.errors import ConfigError
+from trainables.tracking import TrackingUnavailable, check_tracking_uri, default_tracking_uri, git_info
+
+EXIT_BAD_INPUT, EXIT_UNHEALTHY = 2, 3
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """The one-trial command line."""
+    parser = argparse.ArgumentParser(prog="python -m trainables.run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--local", action="store_true", help="plain PyTorch in this process, no Ray")
+    parser.add_argument("--no-track", action="store_true", help="with --local: no MLflow run")
+    parser.add_argument("--dry-run", action="store_true", help="print the validated config and exit")
+    parser.add_argument("--tracking-uri", default=None, help="MLflow URI (default: MLFLOW_TRACKING_URI or sqlite under runs/)")
+    parser.add_argument("--experiment", default="trials", help="MLflow experiment (default %(default)s)")
+    parser.add_argument("--name", default=None, help="run name; also the key that a rerun resumes (default: a fresh one)")
+    parser.add_argument("--storage-path", default=None, help="Ray storage for checkpoints (default runs/ray-results)")
+    parser.add_argument("--address", default=None, help="Ray address (default RAY_ADDRESS, else a local Ray)")
+    add_trial_arguments(parser, defaults=TrialConfig(steps=5000, eval_every=1000))
+    return parser.parse_args(argv)
+
+
+def print_progress(metrics: dict, state_dir=None) -> None:
+    """One progress line per report."""
+    shown = {k: (round(v, 5) if isinstance(v, float) else v) for k, v in metrics.items()}
+    print("  " + "  ".join(f"{k}={v}" for k, v in shown.items()), flush=True)
+
+
+def run_local(cfg: TrialConfig, tracking: dict | None) -> str:
+    """The same loop as the Ray worker, in this process; returns the trial's status."""
+    import torch
+
+    from trainables.loop import Trainer, run_loop
+    from trainables.rank0 import Rank0
+
+    torch.set_num_threads(max(1, int(round(cfg.cpus_per_worker))))
+    trainer = Trainer(cfg)
+    lead = Rank0(cfg, trainer, tracking, best={}, resumed_from=None)
+    status, reason, _ = run_loop(cfg, trainer, lead, print_progress)
+    print(f"status: {status} {reason}".rstrip())
+    print(f"samples picture: {lead.last_picture}")
+    return status
+
+
+def run_on_ray(cfg: TrialConfig, tracking: dict, name: str, storage_path: str | None, address: str | None) -> str:
+    """One TorchTrainer run; returns the status the workers reported last."""
+    from trainables.ray_setup import init_ray
+    from trainables.trial import build_torch_trainer
+
+    init_ray(address)
+    trainer = build_torch_trainer(cfg, tracking, name=f"train-{name}", storage_path=storage_path)
+    result = trainer.fit()
+    metrics = result.metrics or {}
+    print_progress({k: v for k, v in metrics.items() if k != "checkpoint_dir_name"})
+    return metrics.get("status", "failed")
+
+
+def main(argv=None) -> int:
+    """Validate everything, run the trial, print where it is in MLflow."""
+    args = parse_args(argv)
+    try:
+        cfg = TrialConfig.from_dict(trial_values_from_args(args))
+        uri = None if args.no_track else check_tracking_uri(args.tracking_uri or default_tracking_uri())
+        if cfg.kind == "images":
+            from trainables.data import load_task
+
+            load_task(cfg.task, seed=cfg.data_seed)  # a missing dataset is refused before compute
+    except (ConfigError, TrackingUnavailable, DatasetUnavailable) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if args.dry_run:
+        print(json.dumps(cfg.to_dict(), indent=2))
+        return 0
+    name = args.name or f"{cfg.task}-N{cfg.order}-k{cfg.kappa}-s{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
+    tracking = None
+    if uri is not None:
+        tracking = {"uri": uri, "experiment": args.experiment, "trial_key": name, "run_name": name, "tags": git_info()}
+    print(f"trial {name}: {cfg.task} order={cfg.order} kappa={cfg.kappa} steps={cfg.steps} ({'plain PyTorch' if args.local else 'Ray Train'})", flush=True)
+    if args.local:
+        status = run_local(cfg, tracking)
+    else:
+        status = run_on_ray(cfg, tracking, name, args.storage_path, args.address)
+    if uri is not None:
+        from trainables.tracking import ensure_experiment, find_run
+
+        run_id = find_run(uri, ensure_experiment(uri, args.experiment), {"rcgm.trial_key": name})
+        print(f"MLflow: experiment {args.experiment!r}, run {run_id} (status {status})")
+        print(f"open the UI: mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite") else f"open the UI: {uri}")
+    return 0 if status == "finished" else EXIT_UNHEALTHY
+
+
+if __name__ == "__main__":
+    sys.exit(main())
