@@ -1,0 +1,30 @@
+"""MeanFlow's JVP objective (method notes 2.4), the baseline RCGM replaces with finite differences."""
+
+import torch
+
+from trainables.rcgm.objective import GuidedLabels, expand, per_sample_mse, target_network
+
+
+class MeanFlowObjective:
+    """L = mean || F(x_t,t,r) - sg(v - (t-r) dF/dt) ||^2, dF/dt by torch.func.jvp along (v, 1, 0)."""
+
+    order = None  # not a recursive objective; lets callers log objective params uniformly
+
+    def __init__(self, guidance: float = 0.0, num_classes: int | None = None, label_dropout: float | None = None):
+        self.labels = GuidedLabels(guidance, num_classes, label_dropout)
+
+    def loss(self, model, target, x, z, t, r, y=None, generator=None) -> tuple[torch.Tensor, dict]:
+        """Same signature as RCGMObjective.loss; target is used only for training-time guidance."""
+        t, r = t.to(x.dtype), r.to(x.dtype)
+        y = self.labels.drop(y, x, generator)
+        x_t = expand(t, x) * z + (1 - expand(t, x)) * x
+        v = self.labels.velocity(target_network(target), x_t, t, z - x, y)
+
+        def average_velocity(x_in, t_in, r_in):
+            return model(x_in, t_in, r_in, y)
+
+        # Tangent (dx/dt, dt/dt, dr/dt) = (v, 1, 0): the total derivative along the path at fixed r.
+        F, dF_dt = torch.func.jvp(average_velocity, (x_t, t, r), (v, torch.ones_like(t), torch.zeros_like(r)))
+        target_u = (v - expand(t - r, x) * dF_dt).detach()
+        loss = per_sample_mse(F, target_u)
+        return loss, {"loss": float(loss.detach()), "xi_abs_mean": float((F.detach() - target_u).abs().mean())}
