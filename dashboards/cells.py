@@ -100,8 +100,21 @@ class Grid:
         return [c.mean for c in self.cells.values() if c.values and math.isfinite(c.mean)]
 
 
-def _merged_orders(orders, kappas_by_order) -> set[int]:
+def order_kappa(table: pa.Table) -> tuple[list, list]:
+    """The order and kappa params of every row (kappa None where not logged)."""
+    orders = table.column(C.param_col("order")).to_pylist()
+    kcol = C.param_col("kappa")
+    kappas = table.column(kcol).to_pylist() if kcol in table.column_names else [None] * len(orders)
+    return orders, kappas
+
+
+def merged_orders(table: pa.Table) -> set[int]:
     """Kappa-free orders logged once (no kappa, or one kappa while others sweep several)."""
+    kappas_by_order: dict[int, set] = {}
+    for order, kappa in zip(*order_kappa(table)):
+        if order is not None:
+            kappas_by_order.setdefault(order, set()).add(kappa)
+    orders = sorted(kappas_by_order)
     others = {k for o, ks in kappas_by_order.items() if o not in KAPPA_FREE_ORDERS for k in ks
               if k is not None}
     merged = set()
@@ -118,18 +131,12 @@ def _merged_orders(orders, kappas_by_order) -> set[int]:
 def build_grid(table: pa.Table, column: str) -> Grid:
     """Group the rows of `table` by (order, kappa) and aggregate `column` per cell."""
     cols = table.column_names
-    orders_col = table.column(C.param_col("order")).to_pylist()
-    kappa_col = (table.column(C.param_col("kappa")).to_pylist()
-                 if C.param_col("kappa") in cols else [None] * table.num_rows)
+    orders_col, kappa_col = order_kappa(table)
     values_col = table.column(column).to_pylist() if column in cols else [None] * table.num_rows
     status_col = table.column("status").to_pylist()
     ids = table.column("run_id").to_pylist()
-    kappas_by_order: dict[int, set] = {}
-    for order, kappa in zip(orders_col, kappa_col):
-        if order is not None:
-            kappas_by_order.setdefault(order, set()).add(kappa)
-    orders = sorted(kappas_by_order)
-    merged = _merged_orders(orders, kappas_by_order)
+    orders = sorted({o for o in orders_col if o is not None})
+    merged = merged_orders(table)
     groups: dict[tuple, list[int]] = {}
     dropped = 0
     for i, (order, kappa) in enumerate(zip(orders_col, kappa_col)):
