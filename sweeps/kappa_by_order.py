@@ -1,0 +1,106 @@
+"""The main job: a kappa x order N x seed grid of RCGM trials on Ray Tune, tracked in MLflow.
+
+  python sweeps/kappa_by_order.py                      # local Ray, MLflow on SQLite under runs/
+  python sweeps/kappa_by_order.py --smoke              # 2 orders x 2 kappas, ~1-2 minutes
+  ray job submit --working-dir . -- python sweeps/kappa_by_order.py --storage-path /shared/ray
+
+Rerunning the same command resumes the sweep: finished trials are kept, unfinished ones
+continue from their checkpoints. At the end the kappa x N heatmap report is written and
+logged to the sweep's MLflow parent run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+# `python sweeps/kappa_by_order.py` puts sweeps/ first on sys.path; the packages live one up.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from sweeps.args import add_sweep_arguments  # noqa: E402
+from sweeps.launcher import EXIT_BAD_INPUT, SweepPlan, run_sweep, validate  # noqa: E402
+from sweeps.spaces import GRIDS, grid_cells  # noqa: E402
+from trainables.cli import add_trial_arguments, trial_values_from_args  # noqa: E402
+from trainables.config import TrialConfig  # noqa: E402
+from trainables.rcgm.errors import ConfigError  # noqa: E402
+from trainables.data import DatasetUnavailable  # noqa: E402
+from trainables.tracking import TrackingUnavailable, default_tracking_uri  # noqa: E402
+from trainables.trial import default_storage_path  # noqa: E402
+
+GRID_FIELDS = ("order", "kappa", "seed")
+
+
+def parse_list(text: str, kind, flag: str) -> tuple:
+    """'0,0.9,0.999' -> (0.0, 0.9, 0.999), refusing anything else with the flag's name."""
+    try:
+        return tuple(kind(part) for part in str(text).split(",") if part.strip())
+    except ValueError:
+        raise ConfigError(flag, text, f"comma-separated {kind.__name__} values") from None
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """The main job's command line."""
+    parser = argparse.ArgumentParser(prog="sweeps/kappa_by_order.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", choices=sorted(GRIDS), default="default", help="named grid size (default %(default)s): " + "; ".join(f"{k}: {v.about}" for k, v in GRIDS.items()))
+    parser.add_argument("--smoke", action="store_true", help="same as --size smoke")
+    parser.add_argument("--orders", default=None, help="comma-separated orders N (default: the size's)")
+    parser.add_argument("--kappas", default=None, help="comma-separated kappas in [0, 1] (default: the size's)")
+    parser.add_argument("--seeds", default=None, help="a count (3 = seeds 0,1,2) or a list with a comma (0,5) (default: the size's)")
+    add_sweep_arguments(parser, experiment="kappa_by_order")
+    # Trial flags default to None so the chosen size fills in whatever the user did not set.
+    add_trial_arguments(parser, skip=GRID_FIELDS, unset=True)
+    return parser.parse_args(argv)
+
+
+def plan_from_args(args: argparse.Namespace) -> SweepPlan:
+    """Merge the named size with the flags into a validated plan."""
+    size_name = "smoke" if args.smoke else args.size
+    size = GRIDS[size_name]
+    given = {k: v for k, v in vars(args).items() if v is not None}
+    values = trial_values_from_args(argparse.Namespace(**given), skip=GRID_FIELDS)
+    # Two 1-CPU trials plus their tiny Tune drivers must fit on two cores.
+    base_values = {"cpus_per_worker": 0.99, **size.trial, **values}
+    base = TrialConfig.from_dict(base_values)
+    orders = parse_list(args.orders, int, "orders") if args.orders else size.orders
+    kappas = parse_list(args.kappas, float, "kappas") if args.kappas else size.kappas
+    if args.seeds is None:
+        seeds = size.seeds
+    elif "," in args.seeds:
+        seeds = parse_list(args.seeds, int, "seeds")
+    else:
+        seeds = tuple(range(parse_list(args.seeds, int, "seeds")[0]))
+    if not orders or not kappas or not seeds:
+        raise ConfigError("seeds" if not seeds else ("orders" if not orders else "kappas"), "", "at least one value")
+    name = args.name or f"{base.task}-{size_name}"
+    settings = {
+        "orders": ",".join(map(str, orders)), "kappas": ",".join(f"{k:g}" for k in kappas),
+        "seeds": ",".join(map(str, seeds)), **{k: v for k, v in base.tracking_params().items() if k not in GRID_FIELDS},
+    }
+    return SweepPlan(
+        name=name, experiment=args.experiment, tracking_uri=args.tracking_uri or default_tracking_uri(),
+        storage_path=args.storage_path or default_storage_path(), base=base, search="grid",
+        cells=grid_cells(orders, kappas, seeds), max_concurrent=args.max_concurrent, address=args.address,
+        report=not args.no_report, settings=settings,
+    )
+
+
+def main(argv=None) -> int:
+    """Plan, validate (before Ray starts) and run the sweep."""
+    args = parse_args(argv)
+    try:
+        plan = plan_from_args(args)
+        if args.dry_run:
+            validate(plan)
+            print(json.dumps({"name": plan.name, "trials": len(plan.cells), "cells": plan.cells, "base": plan.base.to_dict(),
+                              "tracking_uri": plan.tracking_uri, "storage_path": plan.storage_path}, indent=2))
+            return 0
+    except (ConfigError, TrackingUnavailable, DatasetUnavailable) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return run_sweep(plan)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
