@@ -209,10 +209,11 @@ class FrechetScorer:
 
     def _init_fid(self, weights: str | None, extractor: nn.Module | None) -> None:
         """Build torchmetrics' FID on torch-fidelity's Inception (or a given stand-in extractor)."""
+        # Check the weights before importing torchmetrics' FID: a refusal should cost nothing.
+        path = resolve_fid_weights(weights) if extractor is None else None
         from torchmetrics.image.fid import FrechetInceptionDistance
 
         if extractor is None:
-            path = resolve_fid_weights(weights)
             metric = FrechetInceptionDistance(feature=2048, feature_extractor_weights_path=str(path))
             self.extractor_text = f"2048-d pool3 features of torch-fidelity's Inception-v3 ({path}), via torchmetrics"
         else:
