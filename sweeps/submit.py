@@ -1,0 +1,58 @@
+"""Submit a sweep to a Ray cluster with this checkout as working dir and its git commit attached.
+
+  python -m sweeps.submit --address http://HEAD:8265 -- sweeps/kappa_by_order.py --smoke
+
+This is `ray job submit --working-dir . -- python ...` plus the submitter's git commit and
+dirty flag as environment variables: `.rayignore` keeps `.git` out of the upload, so workers
+could not read them otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PASS_THROUGH = ("MLFLOW_TRACKING_URI", "RCGM_RUNS_DIR", "RCGM_CACHE_DIR", "RCGM_FID_WEIGHTS")
+
+
+def job_env() -> dict[str, str]:
+    """Environment variables every process of the job gets."""
+    from trainables.ray_setup import WORKER_ENV
+    from trainables.tracking import git_info
+
+    info = git_info()
+    env = {**WORKER_ENV, "RCGM_GIT_COMMIT": info["git.commit"], "RCGM_GIT_DIRTY": info["git.dirty"]}
+    env.update({k: os.environ[k] for k in PASS_THROUGH if k in os.environ})
+    return env
+
+
+def submit_command(address: str, script_args: list[str], no_wait: bool = False) -> list[str]:
+    """The `ray job submit` command line."""
+    ray = str(Path(sys.executable).with_name("ray"))
+    cmd = [ray, "job", "submit", "--address", address, "--working-dir", str(REPO_ROOT),
+           "--runtime-env-json", json.dumps({"env_vars": job_env()})]
+    if no_wait:
+        cmd.append("--no-wait")
+    return cmd + ["--", "python", *script_args]
+
+
+def main(argv=None) -> int:
+    """Parse, then hand over to `ray job submit`."""
+    parser = argparse.ArgumentParser(prog="python -m sweeps.submit", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--address", default=os.environ.get("RAY_ADDRESS", "http://127.0.0.1:8265"), help="Ray dashboard address of the cluster (default RAY_ADDRESS or %(default)s)")
+    parser.add_argument("--no-wait", action="store_true", help="return once submitted")
+    parser.add_argument("script", nargs=argparse.REMAINDER, help="-- then the script and its flags")
+    args = parser.parse_args(argv)
+    script = args.script[1:] if args.script[:1] == ["--"] else args.script
+    if not script:
+        parser.error("name the script after --, e.g. -- sweeps/kappa_by_order.py --smoke")
+    return subprocess.call(submit_command(args.address, script, args.no_wait), cwd=REPO_ROOT)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
