@@ -1,0 +1,128 @@
+"""The main job end to end on a real local Ray and a real SQLite MLflow store: run, resume, submit."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import PYTHON, REPO_ROOT, keep_artifact, run_cli
+
+SCRIPT = "sweeps/kappa_by_order.py"
+
+
+def _children(uri: str, sweep: str, experiment: str = "kappa_by_order"):
+    """The sweep's parent run and its child runs."""
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return None, []
+    parents = client.search_runs([exp.experiment_id], f"tags.`rcgm.sweep` = '{sweep}' and tags.`rcgm.kind` = 'sweep'")
+    if not parents:
+        return None, []
+    parent = parents[0]
+    kids = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    return parent, kids
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_smoke_sweep_end_to_end(sqlite_uri, tmp_path):
+    proc = run_cli([SCRIPT, "--smoke", "--tracking-uri", sqlite_uri, "--storage-path", str(tmp_path / "ray")], timeout=900)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    parent, kids = _children(sqlite_uri, "moons-smoke")
+    assert parent is not None and parent.data.params["orders"] == "1,2" and parent.data.params["kappas"] == "0.9,0.999"
+    assert len(kids) == 4
+    cells = sorted((k.data.params["order"], k.data.params["kappa"]) for k in kids)
+    assert cells == [("1", "0.9"), ("1", "0.999"), ("2", "0.9"), ("2", "0.999")]
+    for kid in kids:
+        assert kid.data.tags["status"] == "finished"
+        assert kid.data.params["steps"] == "300"
+        assert "mmd2_1nfe" in kid.data.metrics and "mmd2_2nfe" in kid.data.metrics
+    client = MlflowClient(sqlite_uri)
+    report = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert any(p.endswith(".html") for p in report), report
+    assert any("heatmap" in p and p.endswith(".png") for p in report), report
+    assert "mmd2_1nfe (final, mean over seeds" in out  # the terminal table
+    assert f"mlflow ui --backend-store-uri {sqlite_uri}" in out
+    html = next(line.split("report: ", 1)[1].strip() for line in out.splitlines() if line.startswith("report: "))
+    keep_artifact(html, "smoke_report.html")
+
+
+def test_killed_driver_resumes_without_duplicates(sqlite_uri, tmp_path):
+    ray_tmp = f"/tmp/rcgm-resume-{os.getpid()}"
+    env = {**os.environ, "RAY_TMPDIR": ray_tmp}
+    args = [PYTHON, SCRIPT, "--smoke", "--steps", "600", "--eval-every", "200", "--name", "resume-me", "--no-report",
+            "--tracking-uri", sqlite_uri, "--storage-path", str(tmp_path / "ray")]
+    first = subprocess.Popen(args, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 600
+    try:
+        while time.time() < deadline:
+            _, kids = _children(sqlite_uri, "resume-me")
+            if any(k.data.tags.get("status") == "finished" for k in kids):
+                break
+            assert first.poll() is None, "the sweep ended before it could be killed"
+            time.sleep(2)
+        else:
+            pytest.fail("no trial finished in time")
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+        # Ray's daemons may have outlived the driver: end every process of that Ray session.
+        subprocess.run(["pkill", "-9", "-f", ray_tmp], check=False)
+    _, kids = _children(sqlite_uri, "resume-me")
+    assert any(k.data.tags.get("status") != "finished" for k in kids) or len(kids) < 4, "it was not killed mid-sweep"
+
+    proc = run_cli(args[1:], timeout=900, env={"RAY_TMPDIR": ray_tmp + "-2"})
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    assert "resuming sweep" in proc.stdout
+    _, kids = _children(sqlite_uri, "resume-me")
+    keys = [k.data.tags["rcgm.trial_key"] for k in kids]
+    assert len(keys) == 4 and len(set(keys)) == 4  # one child run per cell, no duplicates
+    assert all(k.data.tags["status"] == "finished" for k in kids)
+    assert all(k.data.metrics["final_step"] == 600 for k in kids)
+
+
+def test_ray_job_submit_against_a_started_head(sqlite_uri, tmp_path):
+    ray = str(REPO_ROOT / ".venv" / "bin" / "ray") if (REPO_ROOT / ".venv" / "bin" / "ray").exists() else "ray"
+    dash, gcs = _free_port(), _free_port()
+    env = {**os.environ, "RAY_TMPDIR": f"/tmp/rcgm-head-{os.getpid()}"}
+    subprocess.run([ray, "start", "--head", f"--port={gcs}", f"--dashboard-port={dash}", "--num-cpus=2", "--include-dashboard=true"],
+                   check=True, env=env, capture_output=True, timeout=180)
+    try:
+        proc = run_cli(["-m", "sweeps.submit", "--address", f"http://127.0.0.1:{dash}", "--", SCRIPT, "--smoke", "--name", "submitted",
+                        "--no-report", "--tracking-uri", sqlite_uri, "--storage-path", str(tmp_path / "ray")], timeout=900, env=env)
+        assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+        assert "SUCCEEDED" in proc.stdout + proc.stderr
+    finally:
+        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
+    _, kids = _children(sqlite_uri, "submitted")
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True).stdout.strip()
+    assert len(kids) == 4 and all(k.data.tags["status"] == "finished" for k in kids)
+    assert all(k.data.tags["git.commit"] == head for k in kids)  # the submitter's commit reached the workers
+
+
+@pytest.mark.parametrize("flags,needle", [
+    (["--task", "imagenet"], "--task"),
+    (["--kappas", "0.9,1.5"], "--kappas"),
+    (["--orders", "-1,2"], "--orders"),
+    (["--time-schedule", "cosine"], "--time-schedule"),
+    (["--tracking-uri", "http://127.0.0.1:9"], "unreachable"),
+])
+def test_bad_flags_fail_before_ray_starts(flags, needle):
+    started = time.time()
+    proc = run_cli([SCRIPT, "--smoke", *flags], timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert needle in proc.stderr
+    assert "Started a local Ray" not in proc.stdout + proc.stderr
+    assert time.time() - started < 60
