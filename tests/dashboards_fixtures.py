@@ -167,3 +167,13 @@ def build_store(root: Path) -> Store:
     _optuna_sweep(client, store, exp_id)
     _parent(client, store, exp_id, EMPTY, "grid", T0 + 4_000_000)
     return store
+
+
+_CACHE: dict[str, Store] = {}
+
+
+def cached_store(tmp_path_factory) -> Store:
+    """One store per pytest session, shared by both dashboards test modules (it is read-only)."""
+    if "store" not in _CACHE:
+        _CACHE["store"] = build_store(tmp_path_factory.mktemp("mlflow_store"))
+    return _CACHE["store"]

@@ -1,0 +1,383 @@
+"""Dashboards against a real SQLite MLflow store (and an `mlflow server` over it): no mocks."""
+
+from __future__ import annotations
+
+import base64
+import math
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import warnings
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("MPLCONFIGDIR", tempfile.mkdtemp(prefix="mpl_dash_"))
+
+import pyarrow as pa  # noqa: E402
+import pyarrow.compute as pc  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+from matplotlib.image import imread  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+import dashboards_fixtures as F  # noqa: E402
+from dashboards import report as R  # noqa: E402
+from dashboards.cells import build_grid  # noqa: E402
+from dashboards.collect import collect, collect_history, write_parquet  # noqa: E402
+from dashboards.curves import curve_figure, mean_curves  # noqa: E402
+from dashboards.errors import (ExperimentNotFound, MissingMetricsWarning, NoTrialRuns,  # noqa: E402
+                               SweepNotFound, TrackingStoreNotFound)
+from dashboards.figures import panels, save  # noqa: E402
+from dashboards.heatmaps import family_grids, heatmap_figure, log_norm  # noqa: E402
+from dashboards.optuna_views import (build_study, history_figure, importance_figure,  # noqa: E402
+                                     importances, objective_column, parallel_figure)
+from dashboards.ordering import NOT_ENOUGH, NOT_REPRODUCED, REPRODUCED, check_ordering  # noqa: E402
+from dashboards.paper_panel import our_moons_cells, paper_figure  # noqa: E402
+from dashboards.paper_values import IMAGENET_FID_1NFE, MOONS_MMD, imagenet_cell  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return F.cached_store(tmp_path_factory)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def mlflow_server(store, tmp_path_factory):
+    """Start `mlflow server` on a copy of the store first thing, so it boots while tests run."""
+    root = tmp_path_factory.mktemp("server")
+    db = root / "server.db"
+    shutil.copy(store.db, db)
+    port = _free_port()
+    log = open(root / "server.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{db}",
+         "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1",
+         "--port", str(port), "--workers", "1"],
+        cwd=root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    yield {"proc": proc, "uri": f"http://127.0.0.1:{port}", "log": root / "server.log"}
+    # SIGKILL the whole group (server and its worker): a graceful stop costs seconds per run.
+    os.killpg(proc.pid, 9)
+    proc.wait(timeout=15)
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def main(store):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", MissingMetricsWarning)
+        return collect(store.uri, F.EXPERIMENT, sweeps=[F.MAIN])
+
+
+@pytest.fixture(scope="module")
+def everything(store):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", MissingMetricsWarning)
+        return collect(store.uri, F.EXPERIMENT)
+
+
+def _sweep(col, name):
+    return col.table.filter(pc.equal(col.table.column("sweep"), name))
+
+
+def _row(table, name):
+    return next(r for r in table.to_pylist() if r["run_name"] == name)
+
+
+# ---------------------------------------------------------------- collection
+
+
+def test_rows_types_and_parquet_round_trip(main, store, tmp_path):
+    t = main.table
+    assert t.num_rows == len(F.MAIN_GRID)
+    types = {f.name: f.type for f in t.schema}
+    assert types["params.order"] == pa.int64() and types["params.seed"] == pa.int64()
+    assert types["params.kappa"] == pa.float64() and types["params.lr"] == pa.float64()
+    assert types["params.task"] == pa.string() and types["git_dirty"] == pa.bool_()
+    assert types["final.mmd2_1nfe"] == pa.float64() and types["final_step"] == pa.int64()
+    assert pa.types.is_timestamp(types["start_time"])
+    diverged = _row(t, F.run_name(1, 0.99, 1))
+    assert diverged["status"] == "diverged" and diverged["final.mmd2_1nfe"] == 5.0
+    assert diverged["parent_run_id"] == store.parents[F.MAIN] and diverged["sweep"] == F.MAIN
+    assert diverged["search"] == "grid" and diverged["git_commit"] == "abc1234"
+    assert diverged["git_dirty"] is False and diverged["final_step"] == 300
+    assert diverged["run_id"] == store.runs[(F.MAIN, F.run_name(1, 0.99, 1))]
+    assert diverged["best.mmd2_2nfe"] == pytest.approx(0.02 * 0.8)
+    assert diverged["noise.mmd2"] == F.NOISE_MMD2 and diverged["definition.mmd2"].startswith("MMD")
+    failed = _row(t, F.run_name(2, 0.999, 1))
+    assert failed["mlflow_status"] == "FAILED" and failed["final.mmd2_1nfe"] is None
+    assert failed["wall_time_s"] == pytest.approx(60.0)  # from start/end: it never logged one
+    path = write_parquet(t, tmp_path / "out")
+    assert pq.read_table(path).equals(t)
+
+
+def test_paging_reads_every_page(everything, store):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", MissingMetricsWarning)
+        small = collect(store.uri, F.EXPERIMENT, page_size=3)
+    assert small.pages > 8 and everything.pages == 2
+    assert small.table.num_rows == len(F.MAIN_GRID) + len(F.OLD_GRID) + len(F.OPTUNA_LRS)
+    assert small.table.equals(everything.table)
+
+
+def test_missing_metrics_warning_names_runs(store):
+    with pytest.warns(MissingMetricsWarning) as caught:
+        col = collect(store.uri, F.EXPERIMENT, sweeps=[F.MAIN])
+    text = str(caught[0].message)
+    assert "2 trial run(s)" in text
+    assert f"{F.run_name(*F.FORGETFUL)} " in text and "best.mmd2_2nfe" in text
+    assert f"{F.run_name(2, 0.999, 1)} " in text and "status failed" in text
+    assert set(col.missing) == {store.runs[(F.MAIN, F.run_name(*F.FORGETFUL))],
+                                store.runs[(F.MAIN, F.run_name(2, 0.999, 1))]}
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    ({"experiment": "nope"}, ExperimentNotFound, r"known experiments: .*kappa_by_order"),
+    ({"sweeps": ["nope"]}, SweepNotFound, r"no sweep named 'nope'.*known sweeps: .*kappa_grid"),
+    ({"sweeps": [F.EMPTY]}, NoTrialRuns, r"'empty_sweep'.*has no trial runs yet"),
+    ({"experiment": "nothing_here"}, NoTrialRuns, r"'nothing_here' has no trial runs"),
+    ({"parent_run_ids": ["0" * 32]}, SweepNotFound, r"no MLflow run with id '0+'"),
+])
+def test_clear_errors(store, kwargs, error, message):
+    args = {"experiment": F.EXPERIMENT, **kwargs}
+    with pytest.raises(error, match=message):
+        collect(store.uri, **args)
+
+
+def test_missing_sqlite_file_is_refused_not_created(tmp_path):
+    db = tmp_path / "absent.db"
+    with pytest.raises(TrackingStoreNotFound, match="no MLflow database at"):
+        collect(f"sqlite:///{db}", F.EXPERIMENT)
+    assert not db.exists()
+
+
+def test_same_table_through_mlflow_server(mlflow_server, main, everything):
+    deadline = time.time() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(mlflow_server["uri"] + "/health", timeout=2) as resp:
+                if resp.status == 200:
+                    break
+        except OSError:
+            pass
+        assert mlflow_server["proc"].poll() is None, mlflow_server["log"].read_text()[-2000:]
+        assert time.time() < deadline, "mlflow server did not answer /health within 60 s"
+        time.sleep(0.3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", MissingMetricsWarning)
+        remote = collect(mlflow_server["uri"], F.EXPERIMENT, sweeps=[F.MAIN], page_size=5)
+        remote_all = collect(mlflow_server["uri"], F.EXPERIMENT)
+    assert remote.table.equals(main.table)
+    assert remote_all.table.equals(everything.table)
+    assert collect_history(mlflow_server["uri"], remote.table).equals(
+        collect_history(main.tracking_uri, main.table))
+
+
+# ---------------------------------------------------------------- cells and heatmaps
+
+
+def test_cells_match_hand_computed_values(main):
+    grid = build_grid(main.table, "final.mmd2_1nfe")
+    assert grid.orders == [1, 2] and grid.kappas == [0.0, 0.99, 0.999]
+    c = grid.cell(1, 0.0)
+    assert (c.n, c.mean) == (2, pytest.approx(0.007))
+    assert c.std == pytest.approx(statistics.stdev([0.006, 0.008]))
+    c = grid.cell(2, 0.99)
+    assert c.mean == pytest.approx(0.005) and c.std == pytest.approx(statistics.stdev([0.004, 0.006]))
+    diverged = grid.cell(1, 0.99)  # the diverged seed's 5.0 must not reach the mean
+    assert (diverged.n, diverged.mean) == (1, pytest.approx(0.010))
+    assert diverged.excluded == {"diverged": 1} and "1 diverged" in diverged.label()
+    collapsed = grid.cell(1, 0.999)
+    assert collapsed.all_unhealthy and collapsed.label() == "collapsed (2/2)"
+    assert math.isnan(collapsed.mean)
+    failed = grid.cell(2, 0.999)
+    assert (failed.n, failed.mean) == (1, pytest.approx(0.003)) and "1 failed" in failed.label()
+    forgetful = build_grid(main.table, "best.mmd2_2nfe").cell(1, 0.0)
+    assert forgetful.no_value == 1 and "1 no value" in forgetful.label()
+
+
+def test_kappa_free_order_as_one_row_or_per_column(everything):
+    smoke = build_grid(_sweep(everything, F.OLD), "final.mmd2_1nfe")
+    assert smoke.merged_orders == {0} and smoke.orders == [0, 1, 2]
+    assert smoke.cell(0, 0.0) is smoke.cell(0, 0.999)
+    assert smoke.cell(0, 0.0).mean == pytest.approx(0.012)
+    fig = heatmap_figure(_sweep(everything, F.OLD), "mmd2", [1])
+    labels = [t.get_text() for t in panels(fig)[0].get_yticklabels()]
+    assert labels[0] == "N=0 (any \u03ba)"
+    per_column = pa.table({
+        "run_id": ["a", "b", "c", "d"], "status": ["finished"] * 4,
+        "params.order": pa.array([0, 0, 1, 1], pa.int64()),
+        "params.kappa": [0.0, 0.999, 0.0, 0.999], "final.x_1nfe": [1.0, 2.0, 3.0, 4.0]})
+    grid = build_grid(per_column, "final.x_1nfe")
+    assert grid.merged_orders == set()
+    assert grid.cell(0, 0.0).mean == 1.0 and grid.cell(0, 0.999).mean == 2.0
+
+
+def test_heatmap_panels_hatching_and_png(main, tmp_path):
+    fig = heatmap_figure(main.table, "mmd2", [1, 2])
+    axes = panels(fig)
+    assert len(axes) == 4  # final and best x NFE 1 and 2
+    assert [a.get_title() for a in axes] == ["final mmd2_1nfe", "final mmd2_2nfe",
+                                             "best mmd2_1nfe", "best mmd2_2nfe"]
+    texts = [t.get_text() for t in axes[0].texts]
+    assert "collapsed (2/2)" in texts and any(t.startswith("0.007\n\u00b10.0014 n=2") for t in texts)
+    hatched = [p for p in axes[0].patches if p.get_hatch()]
+    assert len(hatched) == 1
+    path = save(fig, tmp_path / "h.png")
+    pixels = imread(path)
+    assert pixels.shape[0] >= 400 and pixels.shape[1] >= 700 and path.stat().st_size > 20_000
+
+
+def test_log_scale_keeps_a_100x_worse_cell_readable():
+    t = pa.table({"run_id": list("abc"), "status": ["finished"] * 3,
+                  "params.order": pa.array([1, 1, 2], pa.int64()),
+                  "params.kappa": [0.0, 0.999, 0.0], "final.m_1nfe": [0.001, 0.1, 0.002],
+                  "best.m_1nfe": [0.001, 0.1, 0.002]})
+    norm = log_norm(list(family_grids(t, "m", [1]).values()))
+    assert norm.vmin == pytest.approx(0.001) and norm.vmax == pytest.approx(0.1)
+    assert norm(0.002) - norm(0.001) == pytest.approx(0.5 * math.log10(2), rel=1e-6)
+
+
+# ---------------------------------------------------------------- paper, ordering, curves
+
+
+def test_paper_values_and_panel(main):
+    assert [v.value for v in MOONS_MMD] == [0.0066, 0.2131, 0.0035]
+    assert imagenet_cell(1, 0.0).text == "diverges" and imagenet_cell(1, 0.999).value == 294.18
+    assert imagenet_cell(1, 0.99).text == "stable but poor" and len(IMAGENET_FID_1NFE) == 8
+    low, high1, high2 = our_moons_cells(main.table, "final.mmd2_1nfe")
+    assert low.mean == pytest.approx(0.007) and high1.all_unhealthy
+    assert high2.mean == pytest.approx(0.003)
+    assert len(panels(paper_figure(main.table))) == 2
+
+
+def test_ordering_verdicts(main, everything):
+    got = check_ordering(main.table)
+    assert got.verdict == REPRODUCED and got.column == "final.mmd2_1nfe"
+    assert "collapsed (2/2)" in got.reasons[0]
+    assert check_ordering(_sweep(everything, F.OLD)).verdict == REPRODUCED
+    assert check_ordering(_sweep(everything, F.OPTUNA)).verdict == NOT_ENOUGH
+    flipped = pa.table({"run_id": list("abcd"), "status": ["finished"] * 4,
+                        "params.order": pa.array([1, 1, 2, 2], pa.int64()),
+                        "params.kappa": [0.0, 0.999, 0.0, 0.999],
+                        "final.mmd2_1nfe": [0.02, 0.005, 0.02, 0.01]})
+    assert check_ordering(flipped).verdict == NOT_REPRODUCED
+    no_high = flipped.filter(pc.less(flipped.column("params.kappa"), 0.5))
+    assert check_ordering(no_high).verdict == NOT_ENOUGH
+
+
+def test_curves_mean_over_seeds(main, store):
+    history = collect_history(store.uri, main.table)
+    means = mean_curves(main.table, history, "mmd2_1nfe")
+    steps, values = means[(1, 0.999)]
+    assert steps == list(F.STEPS)
+    assert values == pytest.approx([0.05, 0.01, 0.08, (0.20 + 0.25) / 2])
+    assert means[(2, 0.999)][1][-1] == pytest.approx(0.003)  # the failed seed logged none
+    fig = curve_figure(main.table, history, "mmd2_1nfe")
+    axes = panels(fig)
+    assert len(axes) == 2
+    assert [t.get_text() for t in axes[0].get_legend().get_texts()] == [
+        "\u03ba=0", "\u03ba=0.99", "\u03ba=0.999"]
+
+
+def test_optuna_study_from_table(everything, store):
+    table = _sweep(everything, F.OPTUNA)
+    parent = next(p for p in everything.parents if p.sweep == F.OPTUNA)
+    column, direction = objective_column(table, parent.tags)
+    assert (column, direction) == ("final.mmd2_1nfe", "minimize")
+    study = build_study(table, column, direction)
+    assert len(study.trials) == 8 and sum(t.value is None for t in study.trials) == 1
+    assert study.best_trial.params["lr"] == pytest.approx(1e-3)
+    assert study.best_value == pytest.approx(F.optuna_value(1e-3, 1.0))
+    result, note = importances(study)
+    assert note is None and next(iter(result)) == "lr"
+    assert set(result) == {"lr", "time_schedule.a", "placement"}
+    assert sum(result.values()) == pytest.approx(1.0)
+    for fig in (history_figure(study, column), parallel_figure(study, column),
+                importance_figure(result, note)):
+        assert len(panels(fig)) == 1
+
+
+# ---------------------------------------------------------------- report and CLI
+
+
+@pytest.fixture(scope="module")
+def report(store, tmp_path_factory):
+    out = tmp_path_factory.mktemp("report")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", MissingMetricsWarning)
+        return R.build_report(store.uri, F.EXPERIMENT, sweep=F.MAIN, out_dir=out)
+
+
+def test_report_html_is_self_contained_with_numbers(report):
+    html = report.read_text()
+    pngs = sorted(p.name for p in report.parent.glob("*.png"))
+    assert pngs == ["curve_mmd2_1nfe.png", "curve_mmd2_2nfe.png", "heatmap_mmd2.png",
+                    "paper_values.png"]
+    images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
+    assert len(images) == len(pngs)
+    assert all(base64.b64decode(i)[:8] == b"\x89PNG\r\n\x1a\n" for i in images)
+    assert "<script" not in html and "http://" not in html and "https://" not in html
+    assert "href=" not in html
+    assert "0.007 \u00b1 0.00141 (n=2)" in html and "collapsed (2/2)" in html
+    assert "Paper's ordering: reproduced</b>" in html and "does not state its MMD definition" in html
+    assert (report.parent / "trials.parquet").exists() and (report.parent / "history.parquet").exists()
+
+
+def test_report_logged_to_parent_run(report, store):
+    client = MlflowClient(tracking_uri=store.uri)
+    names = {Path(a.path).name for a in client.list_artifacts(store.parents[F.MAIN], "report")}
+    assert {"report.html", "trials.parquet", "history.parquet", "heatmap_mmd2.png"} <= names
+    assert client.list_artifacts(store.parents[F.OLD], "report") == []
+
+
+def test_experiment_report_has_each_sweep_and_optuna_views(store, tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", MissingMetricsWarning)
+        path = R.build_report(store.uri, F.EXPERIMENT, out_dir=tmp_path)
+    html = path.read_text()
+    for name in (F.MAIN, F.OLD, F.OPTUNA):
+        assert f"Sweep {name}" in html
+    assert (tmp_path / "moons_optuna_optuna_importance.png").exists()
+    assert html.count("data:image/png;base64,") == len(list(tmp_path.glob("*.png")))
+    assert "objective: final.mmd2_1nfe (minimize)" in html
+    client = MlflowClient(tracking_uri=store.uri)  # a whole-experiment report is not logged
+    assert client.list_artifacts(store.parents[F.OPTUNA], "report") == []
+
+
+def _cli(*args, cwd=REPO):
+    return subprocess.run([sys.executable, "-m", "dashboards.report", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
+
+
+def test_cli_exit_codes(store, tmp_path, capsys):
+    # One real interpreter proves the process exit status; the rest call the same main().
+    bad = _cli("--experiment", F.EXPERIMENT, "--sweep", "nope", "--tracking-uri", store.uri)
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines() == [bad.stderr.strip()]
+    assert bad.stderr.startswith("error: no sweep named 'nope'")
+    capsys.readouterr()
+    assert R.main(["--experiment", F.EXPERIMENT, "--sweep", F.OLD, "--tracking-uri", store.uri,
+                   "--out", str(tmp_path / "cli"), "--no-log"]) == 0
+    assert capsys.readouterr().out.strip() == \
+        f"report: {(tmp_path / 'cli' / 'report.html').resolve()}"
+    assert R.main(["--experiment", "nope", "--tracking-uri", store.uri]) == 2
+    assert capsys.readouterr().err.startswith("error: no MLflow experiment named 'nope'")
+    assert R.main(["--sweep", F.EMPTY, "--tracking-uri", store.uri]) == 2
+    assert R.main(["--tracking-uri", f"sqlite:///{tmp_path / 'none.db'}"]) == 2
