@@ -121,6 +121,36 @@ def test_oracle_residual_detects_a_five_percent_wrong_model(order, placement):
     assert wrong > 0.08 and wrong > 3 * exact
 
 
+# ---- placements of the intermediate points -----------------------------------------------------
+
+def placement_points(order, placement, n=20000):
+    g = torch.Generator().manual_seed(5)
+    t1 = 0.2 + 0.8 * torch.rand(n, generator=g, dtype=torch.float64)
+    r = t1 * torch.rand(n, generator=g, dtype=torch.float64)
+    return t1, r, RCGMObjective(order, placement=placement).points(t1, r, g)
+
+
+@pytest.mark.parametrize("order", [1, 2, 4])
+def test_equal_placement_is_evenly_spaced_from_t1_to_r(order):
+    t1, r, s = placement_points(order, "equal")
+    assert len(s) == order + 1 and torch.equal(s[0], t1)
+    for i in range(order + 1):
+        assert torch.allclose(s[i], t1 + (r - t1) * i / order, atol=1e-15)
+
+
+@pytest.mark.parametrize("order", [2, 3, 4])
+def test_random_placement_is_sorted_uniform_inside_the_segment(order):
+    t1, r, s = placement_points(order, "random")
+    assert len(s) == order + 1 and torch.equal(s[0], t1) and torch.equal(s[-1], r)
+    for a, b in zip(s, s[1:]):
+        assert (a > b).all()  # strictly decreasing: every jump goes forward toward data
+    # position of the k-th of N-1 sorted uniforms in the segment: mean k/N (order statistics)
+    for k in range(1, order):
+        frac = (t1 - s[k]) / (t1 - r)
+        assert frac.mean().item() == pytest.approx(k / order, abs=0.01)
+        assert frac.std().item() > 0.1  # random, not the equal grid
+
+
 # ---- 6. edge times never give NaN -----------------------------------------------------------
 
 @pytest.mark.parametrize("placement", ["equal", "random"])

@@ -111,7 +111,11 @@ class RCGMObjective:
         return torch.where(near.reshape(-1, *([1] * (x_t.dim() - 1))), F - v, far_xi)
 
     def loss(self, model, target, x, z, t, r, y=None, generator=None) -> tuple[torch.Tensor, dict]:
-        """The loss for data x, noise z and times (t, r); gradient flows only through model(x_t, t, r)."""
+        """The loss for data x, noise z and times (t, r); gradient flows only through model(x_t, t, r).
+
+        target: a TargetModel (or a bare module); None means the online model itself (kappa = 0).
+        """
+        target = model if target is None else target
         t, r = t.to(x.dtype), r.to(x.dtype)
         if self.order == 0:
             r = t  # N = 0 is flow matching: F(x_t, t, t) regressed on v
@@ -126,7 +130,8 @@ class RCGMObjective:
         xi = self.residual(F, target, x_t, v, t, r, y, generator)
         clipped = xi.clamp(-self.clip, self.clip)
         loss = per_sample_mse(F, F.detach() - clipped)
-        return loss, _stats(loss, xi, (clipped != xi).to(xi.dtype).mean(), ((t - r) < self.delta_t).to(xi.dtype).mean())
+        clip_fraction = (clipped != xi).to(xi.dtype).mean()
+        return loss, _stats(loss, xi, clip_fraction, ((t - r) < self.delta_t).to(xi.dtype).mean())
 
 
 def _stats(loss, xi, clip_fraction, near_fraction) -> dict:
