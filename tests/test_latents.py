@@ -146,3 +146,18 @@ def test_build_script_refuses_missing_encoder_cleanly(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("build_latents:") and ("diffusers" in err or "AutoencoderKL" in err)
     assert not (tmp_path / "x").exists()  # refused before anything was written
+
+
+def test_rank_taken_from_torch_distributed(tmp_path, monkeypatch):
+    # Under Ray Train (prepare_data_loader adds no sampler to an IterableDataset) the process group says the rank.
+    write_random(tmp_path)
+    shards = LatentShards(tmp_path)
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_rank", lambda: 1)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 3)
+    data = shards.dataset(seed=0, normalize=False, drop_last=False)
+    data.set_epoch(2)
+    got = torch.stack([latent for latent, _ in data])
+    x, _ = shards.read_all()
+    expected = x[torch.from_numpy(shards.rank_indices(2, 1, 3))]
+    assert len(got) == 34 and sorted(map(tuple, got.flatten(1).tolist())) == sorted(map(tuple, expected.flatten(1).tolist()))
