@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import pyarrow as pa
 from matplotlib import colormaps
 from matplotlib.cm import ScalarMappable
@@ -124,7 +122,3 @@ def unplaced_note(grid: Grid) -> str | None:
         parts.append("cells pool trials that differ in " + ", ".join(grid.pooled_params))
     return "; ".join(parts) or None
 
-
-def is_number(value) -> bool:
-    """True for a finite float (used by the number tables)."""
-    return isinstance(value, float) and math.isfinite(value)

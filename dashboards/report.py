@@ -21,8 +21,6 @@ from dashboards.curves import curve_figure
 from dashboards.errors import DashboardError
 from dashboards.figures import save
 from dashboards.heatmaps import KINDS, heatmap_figure, kind_column, unplaced_note
-from dashboards.optuna_views import (build_study, history_figure, importance_figure, importances,
-                                     is_optuna, objective_column, parallel_figure)
 from dashboards.ordering import check_ordering
 from dashboards.paper_panel import paper_figure
 from dashboards.paper_values import IMAGENET_NOTE, MMD_CAVEAT, SOURCE
@@ -123,6 +121,9 @@ def _grid_section(table, history, out: Path, prefix: str, files: list[Path]) -> 
 
 def _optuna_section(table, col: Collection, sweep: str, out: Path, prefix: str,
                     files: list[Path]) -> list[str]:
+    # Imported here: optuna costs a second of start-up that grid-only reports never need.
+    from dashboards.optuna_views import (build_study, history_figure, importance_figure,
+                                         importances, objective_column, parallel_figure)
     parent = next((p for p in col.parents if p.sweep == sweep), None)
     column, direction = objective_column(table, parent.tags if parent else None)
     if column is None:
@@ -152,7 +153,7 @@ def _sweep_blocks(table, history, col, sweep, out, multi, files) -> list[str]:
     prefix = f"{_safe(sweep)}_" if multi else ""
     history = history.filter(pc.is_in(history.column("run_id"), table.column("run_id")))
     blocks = [H.heading(f"Sweep {sweep}"), _meta(table, col, sweep)]
-    if is_optuna(table):
+    if "optuna" in set(table.column("search").to_pylist()):
         blocks += _optuna_section(table, col, sweep, out, prefix, files)
     elif C.param_col("order") in table.column_names:
         blocks += _grid_section(table, history, out, prefix, files)
