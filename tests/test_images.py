@@ -59,7 +59,8 @@ def test_held_out_split_disjoint_from_training_pool(mnist):
 def test_reference_without_replacement_and_bounded(mnist):
     rx, _ = mnist.reference(500, torch.Generator().manual_seed(1))
     assert len({bytes(img.numpy()) for img in rx}) == 500
-    with pytest.raises(ConfigError, match="reference_size"):
+    assert mnist.reference_size == 500
+    with pytest.raises(ConfigError, match="eval_samples"):
         mnist.reference(501)
 
 
@@ -101,3 +102,15 @@ def test_image_folder_reader(tmp_path):
     x, y, classes = images.load_image_folder(tmp_path, size=8)
     assert classes == ["cats", "dogs"] and x.shape == (6, 3, 8, 8) and x.dtype == torch.uint8
     assert y.tolist() == [0, 0, 0, 1, 1, 1] and int(x[3].float().mean()) == 200
+
+
+def test_cache_dir_anchored_to_repo_not_cwd(tmp_path, monkeypatch):
+    # Ray workers run in per-trial directories: a cwd-relative cache would be rebuilt per trial.
+    monkeypatch.delenv("RCGM_CACHE_DIR", raising=False)
+    monkeypatch.delenv("RCGM_DATA_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)
+    repo = images.Path(images.__file__).resolve().parents[2]
+    assert images.cache_dir() == repo / "runs" / ".cache"
+    assert images.data_root() == repo / "runs" / ".cache" / "data"
+    monkeypatch.setenv("RCGM_CACHE_DIR", str(tmp_path))
+    assert images.data_root() == tmp_path / "data"

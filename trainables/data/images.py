@@ -26,9 +26,18 @@ TORCHVISION = {
 }
 
 
+def cache_dir() -> Path:
+    """Cache root: $RCGM_CACHE_DIR, else runs/.cache under the repository root.
+
+    Anchored to the code, not the working directory: Ray Train workers run in per-trial
+    directories, and a cwd-relative cache would be rebuilt by every trial.
+    """
+    return Path(os.environ.get("RCGM_CACHE_DIR") or Path(__file__).resolve().parents[2] / "runs" / ".cache")
+
+
 def data_root() -> Path:
-    """Where torchvision datasets live: $RCGM_DATA_DIR, else runs/.cache/data."""
-    return Path(os.environ.get("RCGM_DATA_DIR", Path(os.environ.get("RCGM_CACHE_DIR", "runs/.cache")) / "data"))
+    """Where torchvision datasets live: $RCGM_DATA_DIR, else <cache>/data."""
+    return Path(os.environ.get("RCGM_DATA_DIR") or cache_dir() / "data")
 
 
 def host_reachable(host: str, port: int = 443, timeout: float = 2.0) -> bool:
@@ -75,6 +84,7 @@ class ImageTask:
         self.num_classes = num_classes
         self.train_x, self.train_y = train_x, train_y
         self.ref_x, self.ref_y = ref_x, ref_y
+        self.reference_size = len(ref_x)
         self.description = f"{source}; {len(train_x)} training / {len(ref_x)} held-out, pixels in [-1, 1]"
 
     def sample(self, batch: int, generator: torch.Generator | None = None):
@@ -85,7 +95,8 @@ class ImageTask:
     def reference(self, n: int, generator: torch.Generator | None = None):
         """Draw n distinct held-out images (no replacement, so no duplicates flatter a metric)."""
         if not 0 < n <= len(self.ref_x):
-            raise ConfigError("reference_size", n, f"1..{len(self.ref_x)} for task {self.name}")
+            # Named after the trial knob that sets n, so the message says what to change.
+            raise ConfigError("eval_samples", n, f"1..{len(self.ref_x)}: task {self.name!r} holds out {len(self.ref_x)} images")
         idx = torch.randperm(len(self.ref_x), generator=generator)[:n]
         return to_unit_range(self.ref_x[idx]), self.ref_y[idx]
 

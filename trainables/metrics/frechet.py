@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from trainables.data.images import cache_dir
 from trainables.rcgm.errors import ConfigError
 
 CLASSIFIER_VERSION = 2  # bump when the classifier or its training recipe changes: old caches are ignored
@@ -22,11 +23,6 @@ FID_WEIGHTS_NAME = "pt_inception-2015-12-05-6726825d.pth"  # torch-fidelity's fi
 
 class FIDUnavailable(RuntimeError):
     """FID cannot be computed here (weights or torch-fidelity missing); the message says how to fix it."""
-
-
-def cache_dir() -> Path:
-    """Cache root: $RCGM_CACHE_DIR, else runs/.cache."""
-    return Path(os.environ.get("RCGM_CACHE_DIR", "runs/.cache"))
 
 
 def feature_stats(features: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -240,9 +236,12 @@ class FrechetScorer:
     @property
     def description(self) -> str:
         """What the number means: implementation, extractor, sample counts, reference set."""
-        samples = self.last_sample_size if self.last_sample_size is not None else "n"
+        if self.last_sample_size is None:
+            samples = "as many samples as passed to score()"
+        else:
+            samples = f"{self.last_sample_size} samples"
         return (
             f"{self.metric}: Frechet distance (float64, eigh-based matrix square root, trainables.metrics.frechet) "
-            f"between {self.extractor_text}; {samples} samples vs {self.reference_size} reference images "
+            f"between {self.extractor_text}; {samples} vs {self.reference_size} reference images "
             f"({self.reference_name})"
         )
