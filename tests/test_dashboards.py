@@ -166,28 +166,6 @@ def test_missing_sqlite_file_is_refused_not_created(tmp_path):
     assert not db.exists()
 
 
-def test_same_table_through_mlflow_server(mlflow_server, main, everything):
-    deadline = time.time() + 60
-    while True:
-        try:
-            with urllib.request.urlopen(mlflow_server["uri"] + "/health", timeout=2) as resp:
-                if resp.status == 200:
-                    break
-        except OSError:
-            pass
-        assert mlflow_server["proc"].poll() is None, mlflow_server["log"].read_text()[-2000:]
-        assert time.time() < deadline, "mlflow server did not answer /health within 60 s"
-        time.sleep(0.3)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", MissingMetricsWarning)
-        remote = collect(mlflow_server["uri"], F.EXPERIMENT, sweeps=[F.MAIN], page_size=5)
-        remote_all = collect(mlflow_server["uri"], F.EXPERIMENT)
-    assert remote.table.equals(main.table)
-    assert remote_all.table.equals(everything.table)
-    assert collect_history(mlflow_server["uri"], remote.table).equals(
-        collect_history(main.tracking_uri, main.table))
-
-
 # ---------------------------------------------------------------- cells and heatmaps
 
 
@@ -381,3 +359,26 @@ def test_cli_exit_codes(store, tmp_path, capsys):
     assert capsys.readouterr().err.startswith("error: no MLflow experiment named 'nope'")
     assert R.main(["--sweep", F.EMPTY, "--tracking-uri", store.uri]) == 2
     assert R.main(["--tracking-uri", f"sqlite:///{tmp_path / 'none.db'}"]) == 2
+
+
+# Last on purpose: the server boots in the background while the tests above run.
+def test_same_table_through_mlflow_server(mlflow_server, main, everything):
+    deadline = time.time() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(mlflow_server["uri"] + "/health", timeout=2) as resp:
+                if resp.status == 200:
+                    break
+        except OSError:
+            pass
+        assert mlflow_server["proc"].poll() is None, mlflow_server["log"].read_text()[-2000:]
+        assert time.time() < deadline, "mlflow server did not answer /health within 60 s"
+        time.sleep(0.3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", MissingMetricsWarning)
+        remote = collect(mlflow_server["uri"], F.EXPERIMENT, sweeps=[F.MAIN], page_size=5)
+        remote_all = collect(mlflow_server["uri"], F.EXPERIMENT)
+    assert remote.table.equals(main.table)
+    assert remote_all.table.equals(everything.table)
+    assert collect_history(mlflow_server["uri"], remote.table).equals(
+        collect_history(main.tracking_uri, main.table))
