@@ -77,6 +77,9 @@ def test_epochs_shuffle_deterministically(tmp_path):
     assert order(0) == [i for i, _, _ in LatentShards(tmp_path).iter_rows(0, 0, 1)]  # a fresh reader agrees
     assert order(0) != order(1) and sorted(order(0)) == sorted(order(1)) == list(range(103))
     assert order(0, seed=1) != order(0)
+    # The rows a rank gets change per epoch too (not only the visiting order of shards).
+    rank0 = [set(shards.rank_indices(e, 0, 2).tolist()) for e in (0, 1)]
+    assert rank0[0] != rank0[1]
 
 
 def test_dataloader_with_workers_and_normalisation(tmp_path):
