@@ -26,6 +26,7 @@ from trainables.cli import add_trial_arguments, trial_values_from_args  # noqa: 
 from trainables.config import TrialConfig  # noqa: E402
 from trainables.rcgm.errors import ConfigError  # noqa: E402
 from trainables.data import DatasetUnavailable  # noqa: E402
+from trainables.metrics.frechet import FIDUnavailable  # noqa: E402
 from trainables.tracking import TrackingUnavailable, default_tracking_uri  # noqa: E402
 from trainables.trial import default_storage_path  # noqa: E402
 
@@ -73,7 +74,7 @@ def plan_from_args(args: argparse.Namespace) -> SweepPlan:
         seeds = tuple(range(parse_list(args.seeds, int, "seeds")[0]))
     if not orders or not kappas or not seeds:
         raise ConfigError("seeds" if not seeds else ("orders" if not orders else "kappas"), "", "at least one value")
-    name = args.name or f"{base.task}-{size_name}"
+    name = args.name or (size_name if size_name == base.task else f"{base.task}-{size_name}")
     settings = {
         "orders": ",".join(map(str, orders)), "kappas": ",".join(f"{k:g}" for k in kappas),
         "seeds": ",".join(map(str, seeds)), **{k: v for k, v in base.tracking_params().items() if k not in GRID_FIELDS},
@@ -96,7 +97,7 @@ def main(argv=None) -> int:
             print(json.dumps({"name": plan.name, "trials": len(plan.cells), "cells": plan.cells, "base": plan.base.to_dict(),
                               "tracking_uri": plan.tracking_uri, "storage_path": plan.storage_path}, indent=2))
             return 0
-    except (ConfigError, TrackingUnavailable, DatasetUnavailable) as err:
+    except (ConfigError, TrackingUnavailable, DatasetUnavailable, FIDUnavailable) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     return run_sweep(plan)

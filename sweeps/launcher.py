@@ -9,7 +9,9 @@ import time
 from dataclasses import dataclass, field
 
 from trainables.config import TrialConfig
-from trainables.data import DatasetUnavailable, load_task
+from trainables.data import DatasetUnavailable
+from trainables.metrics.frechet import FIDUnavailable
+from trainables.preflight import check_trial_inputs
 from trainables.rcgm.errors import ConfigError
 from trainables.tracking import (
     TrackingUnavailable, check_tracking_uri, ensure_experiment, ensure_parent_run, find_run, git_info,
@@ -77,7 +79,7 @@ def validate(plan: SweepPlan) -> SweepPlan:
         for name, (low, high, log) in plan.space.items():
             plan.cell_config({name: low})
             plan.cell_config({name: high})
-    load_task(plan.base.task, seed=plan.base.data_seed)
+    check_trial_inputs(plan.base)
     plan.tracking_uri = check_tracking_uri(plan.tracking_uri)
     return plan
 
@@ -99,6 +101,9 @@ def open_parent_run(plan: SweepPlan) -> tuple[str, bool]:
                 f"for a new sweep, or the same flags to resume it"
             )
     tags = {"rcgm.search": plan.search, "rcgm.storage": f"{plan.storage_path}/{plan.name}"}
+    if plan.search == "optuna":
+        # The dashboards read what the search optimised from these two tags.
+        tags.update({"rcgm.metric": "final." + plan.base.metric_names()[0], "rcgm.mode": "min"})
     return ensure_parent_run(plan.tracking_uri, plan.experiment, plan.name, settings, tags)
 
 
@@ -262,7 +267,7 @@ def run_sweep(plan: SweepPlan) -> int:
     try:
         validate(plan)
         parent_run_id, created = open_parent_run(plan)
-    except (ConfigError, TrackingUnavailable, DatasetUnavailable, SweepError) as err:
+    except (ConfigError, TrackingUnavailable, DatasetUnavailable, FIDUnavailable, SweepError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     started = time.time()

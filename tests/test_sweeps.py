@@ -64,6 +64,7 @@ def test_killed_driver_resumes_without_duplicates(sqlite_uri, tmp_path):
     env = {**os.environ, "RAY_TMPDIR": ray_tmp}
     args = [PYTHON, SCRIPT, "--smoke", "--steps", "600", "--eval-every", "200", "--name", "resume-me", "--no-report",
             "--tracking-uri", sqlite_uri, "--storage-path", str(tmp_path / "ray")]
+    MlflowClient(sqlite_uri).search_experiments()  # create the schema first: two processes migrating one SQLite file race
     first = subprocess.Popen(args, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 600
     try:

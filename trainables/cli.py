@@ -29,7 +29,7 @@ HELP = {
     "seed": "training seed (init, batches, noise)",
     "data_seed": "seed of the dataset pools and the evaluation set",
     "eval_every": "evaluate (samples, metrics, picture) every this many steps",
-    "eval_samples": "samples per NFE for the metric",
+    "eval_samples": "samples per NFE for the metric (0 = 2000 for points, 500 for images)",
     "nfe": "comma-separated numbers of function evaluations to sample with, e.g. 1,2,4",
     "sample_style": "multi-step sampling: few (re-noise), any (jump to next time), mul (Euler)",
     "image_metric": "image metric: fd (offline digit-classifier features) or fid (Inception weights)",
@@ -63,8 +63,12 @@ def parse_time_params(text: str) -> dict[str, float]:
     return out
 
 
-def add_trial_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...] = (), defaults: TrialConfig | None = None) -> None:
-    """Add a --flag per TrialConfig field (except skip), defaulting to defaults' values."""
+def add_trial_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...] = (), defaults: TrialConfig | None = None,
+                        unset: bool = False) -> None:
+    """Add a --flag per TrialConfig field (except skip), defaulting to defaults' values.
+
+    With unset=True every flag defaults to None, so a caller can layer a named size under the flags.
+    """
     defaults = defaults or TrialConfig()
     group = parser.add_argument_group("trial settings")
     for f in dataclasses.fields(TrialConfig):
@@ -72,13 +76,16 @@ def add_trial_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...] =
             continue
         flag = "--" + f.name.replace("_", "-")
         value = getattr(defaults, f.name)
+        shown = "" if unset else " (default %(default)s)"
         if f.name == "nfe":
-            group.add_argument(flag, default=",".join(map(str, value)), help=HELP[f.name] + " (default %(default)s)")
+            default = ",".join(map(str, value))
+            kind = str
         elif f.name == "time_params":
-            group.add_argument(flag, default=",".join(f"{k}={v}" for k, v in value.items()), help=HELP[f.name])
+            default = ",".join(f"{k}={v}" for k, v in value.items())
+            kind = str
         else:
-            kind = type(value) if value is not None else str
-            group.add_argument(flag, type=kind, default=value, help=HELP[f.name] + " (default %(default)s)")
+            default, kind = value, type(value)
+        group.add_argument(flag, type=kind, default=None if unset else default, help=HELP[f.name] + shown)
 
 
 def trial_values_from_args(args: argparse.Namespace, skip: tuple[str, ...] = ()) -> dict:

@@ -16,6 +16,8 @@ SAMPLE_STYLES = ("few", "any", "mul")
 IMAGE_METRICS = ("fd", "fid")
 # Default model per kind of task, so `--task mnist` alone is a working trial.
 DEFAULT_MODEL = {"points": "mlp", "images": "DiT-T/4"}
+# Default evaluation set per kind (0 = auto): the bundled MNIST holds out 500 images.
+DEFAULT_EVAL_SAMPLES = {"points": 2000, "images": 500}
 
 
 _INF = float("inf")
@@ -50,7 +52,7 @@ class TrialConfig:
     seed: int = 0
     data_seed: int = 0
     eval_every: int = 1000
-    eval_samples: int = 2000
+    eval_samples: int = 0
     nfe: tuple = (1, 2, 4)
     sample_style: str = "few"
     image_metric: str = "fd"
@@ -94,6 +96,9 @@ class TrialConfig:
         check_int("seed", self.seed, 0)
         check_int("data_seed", self.data_seed, 0)
         check_int("eval_every", self.eval_every, 1)
+        check_int("eval_samples", self.eval_samples, 0)
+        if self.eval_samples == 0:
+            object.__setattr__(self, "eval_samples", DEFAULT_EVAL_SAMPLES[kind])
         check_int("eval_samples", self.eval_samples, 2)
         nfe = tuple(self.nfe) if isinstance(self.nfe, (list, tuple)) else (self.nfe,)
         if not nfe or not all(_is_int(k) and k >= 1 for k in nfe):

@@ -15,6 +15,8 @@ import uuid
 from trainables.cli import add_trial_arguments, trial_values_from_args
 from trainables.config import TrialConfig
 from trainables.data import DatasetUnavailable
+from trainables.metrics.frechet import FIDUnavailable
+from trainables.preflight import check_trial_inputs
 from trainables.rcgm.errors import ConfigError
 from trainables.tracking import TrackingUnavailable, check_tracking_uri, default_tracking_uri, git_info
 
@@ -77,11 +79,8 @@ def main(argv=None) -> int:
     try:
         cfg = TrialConfig.from_dict(trial_values_from_args(args))
         uri = None if args.no_track else check_tracking_uri(args.tracking_uri or default_tracking_uri())
-        if cfg.kind == "images":
-            from trainables.data import load_task
-
-            load_task(cfg.task, seed=cfg.data_seed)  # a missing dataset is refused before compute
-    except (ConfigError, TrackingUnavailable, DatasetUnavailable) as err:
+        check_trial_inputs(cfg)  # a missing dataset or FID weights are refused before compute
+    except (ConfigError, TrackingUnavailable, DatasetUnavailable, FIDUnavailable) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     if args.dry_run:

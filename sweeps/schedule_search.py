@@ -1,0 +1,77 @@
+"""Optuna search over time-sampling schedules (and lr / guidance) for a fixed order and kappa.
+
+  python sweeps/schedule_search.py --space beta_schedule --order 2 --kappa 0.999 --samples 16
+  python sweeps/schedule_search.py --space image_guidance --samples 8
+
+TPE (seeded) proposes the settings, ASHA stops collapsing trials early; the study lives in
+runs/optuna.db so `optuna-dashboard sqlite:///runs/optuna.db` can open it. Rerunning the
+same command resumes the search.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # see kappa_by_order.py
+
+from sweeps.args import add_sweep_arguments  # noqa: E402
+from sweeps.launcher import EXIT_BAD_INPUT, SweepPlan, run_sweep  # noqa: E402
+from sweeps.spaces import SEARCHES  # noqa: E402
+from trainables.cli import add_trial_arguments, trial_values_from_args  # noqa: E402
+from trainables.config import TrialConfig  # noqa: E402
+from trainables.rcgm.errors import ConfigError  # noqa: E402
+from trainables.tracking import default_tracking_uri, runs_dir  # noqa: E402
+from trainables.trial import default_storage_path  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """The search's command line."""
+    parser = argparse.ArgumentParser(prog="sweeps/schedule_search.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--space", choices=sorted(SEARCHES), default="beta_schedule", help="; ".join(f"{k}: {v.about}" for k, v in SEARCHES.items()))
+    parser.add_argument("--samples", type=int, default=12, help="number of trials (default %(default)s)")
+    parser.add_argument("--optuna-storage", default=None, help="Optuna study storage (default sqlite under runs/optuna.db)")
+    add_sweep_arguments(parser, experiment="schedule_search")
+    add_trial_arguments(parser, unset=True)
+    return parser.parse_args(argv)
+
+
+def plan_from_args(args: argparse.Namespace) -> SweepPlan:
+    """The named space with the flags on top; searched parameters cannot also be fixed by flags."""
+    space = SEARCHES[args.space]
+    if args.samples < 1:
+        raise ConfigError("samples", args.samples, "an integer >= 1")
+    given = {k: v for k, v in vars(args).items() if v is not None}
+    values = trial_values_from_args(argparse.Namespace(**given))
+    base = TrialConfig.from_dict({"cpus_per_worker": 0.99, "order": 2, "kappa": 0.999, **space.trial, **values})
+    # Every report must carry the metric ASHA and TPE compare on.
+    base = base.replace(checkpoint_every=base.eval_every)
+    name = args.name or f"{base.task}-{args.space}-N{base.order}-k{base.kappa:g}"
+    runs_dir().mkdir(parents=True, exist_ok=True)  # Optuna's SQLite file needs its folder
+    settings = {"space": args.space, "samples": args.samples, **base.tracking_params()}
+    return SweepPlan(
+        name=name, experiment=args.experiment, tracking_uri=args.tracking_uri or default_tracking_uri(),
+        storage_path=args.storage_path or default_storage_path(), base=base, search="optuna",
+        space=dict(space.params), num_samples=args.samples, max_concurrent=args.max_concurrent,
+        address=args.address, report=not args.no_report, settings=settings,
+        optuna_storage=args.optuna_storage or f"sqlite:///{runs_dir() / 'optuna.db'}",
+    )
+
+
+def main(argv=None) -> int:
+    """Plan and run the search."""
+    args = parse_args(argv)
+    try:
+        plan = plan_from_args(args)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if args.dry_run:
+        print(plan)
+        return 0
+    return run_sweep(plan)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
