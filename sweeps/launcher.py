@@ -290,7 +290,9 @@ def run_sweep(plan: SweepPlan) -> int:
     if plan.report:
         from dashboards.report import build_report
 
-        path = build_report(plan.tracking_uri, plan.experiment, parent_run_ids=[parent_run_id])
+        from trainables.tracking import runs_dir
+
+        path = build_report(plan.tracking_uri, plan.experiment, parent_run_ids=[parent_run_id], out_dir=runs_dir() / "reports" / slug(plan.name))
         print(f"report: {path}")
     ui = f"mlflow ui --backend-store-uri {plan.tracking_uri}" if plan.tracking_uri.startswith("sqlite") else plan.tracking_uri
     print(f"open the MLflow UI: {ui}")

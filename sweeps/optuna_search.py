@@ -20,7 +20,7 @@ def optuna_tune_config(plan, max_concurrent: int):
     metric = plan.base.metric_names()[0]
     search = OptunaSearch(
         metric=metric, mode="min", sampler=optuna.samplers.TPESampler(seed=plan.base.seed),
-        study_name=plan.name, storage=plan.optuna_storage,
+        study_name=plan.name, storage=optuna.storages.RDBStorage(plan.optuna_storage) if plan.optuna_storage else None,
     )
     # ASHA compares trials at the same training step (time_attr), so collapsing ones stop early.
     scheduler = ASHAScheduler(time_attr="step", metric=metric, mode="min", max_t=plan.base.steps,
