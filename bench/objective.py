@@ -65,6 +65,7 @@ class Setup:
     objective: Objective
     device: torch.device
     seed: int = 0
+    kappa: float = KAPPA
     times: list[float] = field(default_factory=list)
     ratios: list[float] = field(default_factory=list)
 
@@ -78,7 +79,7 @@ class Setup:
         self.batch = batch
         torch.manual_seed(self.seed)  # same initial weights for every objective of a model
         self.model = build_model(self.model_name, shape, num_classes).to(self.device)
-        self.target = TargetModel(self.model, KAPPA)
+        self.target = TargetModel(self.model, self.kappa)
         self.loss_fn = build_objective(self.objective.name, order=self.objective.order or 0, num_classes=num_classes)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-4)
         gen = torch.Generator().manual_seed(self.seed + 1)
