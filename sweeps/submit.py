@@ -41,6 +41,19 @@ def submit_command(address: str, script_args: list[str], no_wait: bool = False) 
     return cmd + ["--", "python", *script_args]
 
 
+def client_env() -> dict[str, str]:
+    """The submitting client's environment: send Ray's auth token when one is at hand.
+
+    `ray start --head` (Ray 2.60) turns token auth on and writes the token under ~/.ray, but
+    the `ray job submit` client only sends it when RAY_AUTH_MODE=token.
+    """
+    env = dict(os.environ)
+    has_token = env.get("RAY_AUTH_TOKEN") or Path(env.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token")).is_file()
+    if "RAY_AUTH_MODE" not in env and has_token:
+        env["RAY_AUTH_MODE"] = "token"
+    return env
+
+
 def main(argv=None) -> int:
     """Parse, then hand over to `ray job submit`."""
     parser = argparse.ArgumentParser(prog="python -m sweeps.submit", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -51,7 +64,7 @@ def main(argv=None) -> int:
     script = args.script[1:] if args.script[:1] == ["--"] else args.script
     if not script:
         parser.error("name the script after --, e.g. -- sweeps/kappa_by_order.py --smoke")
-    return subprocess.call(submit_command(args.address, script, args.no_wait), cwd=REPO_ROOT)
+    return subprocess.call(submit_command(args.address, script, args.no_wait), cwd=REPO_ROOT, env=client_env())
 
 
 if __name__ == "__main__":

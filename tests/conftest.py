@@ -40,9 +40,9 @@ def sqlite_uri(tmp_path) -> str:
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def local_ray():
-    """One local Ray for the in-process trial tests (2 CPUs, like the machine)."""
+    """A local Ray for one module's in-process trial tests (2 CPUs, like the machine); shut down after it."""
     from trainables.ray_setup import init_ray
 
     ray = init_ray(num_cpus=2)
