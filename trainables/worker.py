@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from pathlib import Path
@@ -52,6 +53,10 @@ def train_fn_per_worker(loop_config: dict) -> None:
 
     from trainables.rank0 import Rank0
 
+    # Ray Train logs every checkpoint and report at INFO: two lines per evaluation and trial
+    # drown Tune's progress table; warnings and errors still show.
+    for name in ("ray.train", "ray.train.v2"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     cfg = TrialConfig.from_dict(loop_config["trial"])
     # One thread per CPU this worker was given: two trials on two cores must not fight.
     torch.set_num_threads(max(1, int(round(cfg.cpus_per_worker))))
