@@ -172,14 +172,18 @@ def run_sweep(trials: int, root: Path, steps: int, eval_samples: int, timeout: f
 
 def with_retries(what: str, attempts: int, fn, *args):
     """fn(*args), tried again after a failure: another user's `ray stop --force` kills every local Ray."""
+    failures = []
     for attempt in range(1, attempts + 1):
         try:
             result = fn(*args)
-            result["attempts"] = attempt
+            result["attempts"], result["failures"] = attempt, failures
             return result
         except (RuntimeError, subprocess.TimeoutExpired) as err:
-            first = str(err).strip().splitlines()[0]
-            print(f"  {what}: attempt {attempt}/{attempts} failed ({first}); "
+            lines = str(err).strip().splitlines()
+            # The last line naming an error says why (e.g. "ActorDiedError ... node has crashed").
+            why = next((line for line in reversed(lines) if "Error" in line or "died" in line), lines[0])[:300]
+            failures.append(why)
+            print(f"  {what}: attempt {attempt}/{attempts} failed ({why}); "
                   f"{'retrying' if attempt < attempts else 'giving up'}", file=sys.stderr, flush=True)
             if attempt == attempts:
                 raise

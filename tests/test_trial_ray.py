@@ -34,6 +34,7 @@ def test_two_worker_trial_is_tracked_under_its_parent(local_ray, sqlite_uri, tmp
     assert run.data.tags["mlflow.parentRunId"] == parent
     assert run.data.tags["status"] == "finished"
     assert run.data.tags["git.commit"] not in ("", None)
+    assert run.data.tags["ray.job_id"]
     assert "RBF" in run.data.tags["metric_definition.mmd2"] or "rbf" in run.data.tags["metric_definition.mmd2"].lower()
     assert run.data.params["order"] == "2" and run.data.params["kappa"] == "0.99" and run.data.params["workers"] == "2"
     assert run.data.params["nfe"] == "1,2,4"

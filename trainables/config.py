@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 
-from trainables.data import IMAGE_TASKS, POINT_TASKS, TASK_NAMES
+from trainables.data import IMAGE_TASKS, LATENT_PREFIX, POINT_TASKS, TASK_NAMES, is_latent_task
 from trainables.models import MODEL_NAMES
 from trainables.rcgm.checks import check_choice, check_int, check_real
 from trainables.rcgm.errors import ConfigError
@@ -15,9 +16,11 @@ PLACEMENTS = ("equal", "random")
 SAMPLE_STYLES = ("few", "any", "mul")
 IMAGE_METRICS = ("fd", "fid")
 # Default model per kind of task, so `--task mnist` alone is a working trial.
-DEFAULT_MODEL = {"points": "mlp", "images": "DiT-T/4"}
-# Default evaluation set per kind (0 = auto): the bundled MNIST holds out 500 images.
-DEFAULT_EVAL_SAMPLES = {"points": 2000, "images": 500}
+# Latents: patch 2 fits any even latent grid (VAE f8 32x32, the tiny encoder's 14x14, 28x28 pixels).
+DEFAULT_MODEL = {"points": "mlp", "images": "DiT-T/4", "latents": "DiT-T/2"}
+# Default evaluation set per kind (0 = auto): the bundled MNIST holds out 500 images, and a
+# latent folder of its 4500 training digits holds out 562 rows.
+DEFAULT_EVAL_SAMPLES = {"points": 2000, "images": 500, "latents": 500}
 
 
 _INF = float("inf")
@@ -64,9 +67,15 @@ class TrialConfig:
 
     def __post_init__(self):
         """Validate every field; replace derived defaults ('auto' model, checkpoint_every)."""
-        if self.task not in TASK_NAMES:
-            raise ConfigError("task", self.task, "one of " + ", ".join(TASK_NAMES))
-        kind = "points" if self.task in POINT_TASKS else "images"
+        if is_latent_task(self.task):
+            folder = self.task[len(LATENT_PREFIX):]
+            if not folder.strip():
+                raise ConfigError("task", self.task, f"{LATENT_PREFIX}<folder written by trainables.data.build_latents>")
+            # Absolute: Ray workers run in per-trial directories, where a relative path would miss.
+            object.__setattr__(self, "task", LATENT_PREFIX + os.path.abspath(os.path.expanduser(folder)))
+        elif self.task not in TASK_NAMES:
+            raise ConfigError("task", self.task, "one of " + ", ".join(TASK_NAMES) + f" or {LATENT_PREFIX}<folder>")
+        kind = self.kind
         if self.model == "auto":
             object.__setattr__(self, "model", DEFAULT_MODEL[kind])
         if self.model not in MODEL_NAMES:
@@ -121,12 +130,16 @@ class TrialConfig:
 
     @property
     def kind(self) -> str:
-        """'points' or 'images'."""
+        """'points', 'images' or 'latents'."""
+        if is_latent_task(self.task):
+            return "latents"
         return "points" if self.task in POINT_TASKS else "images"
 
     @property
     def metric_family(self) -> str:
-        """The sample-quality metric family this trial reports: mmd2, fd or fid."""
+        """The sample-quality metric family this trial reports: mmd2, fd, fid, or fld (latents)."""
+        if self.kind == "latents":
+            return "fld"
         return "mmd2" if self.kind == "points" else self.image_metric
 
     def metric_names(self) -> list[str]:

@@ -49,6 +49,10 @@ class Evaluator:
 
             ref, n = self.reference, self.cfg.eval_samples
             return (lambda x: mmd2(x, ref)), f"{MMD_DESCRIPTION}; {n} samples vs {n} held-out points"
+        if self.cfg.kind == "latents":
+            from trainables.metrics.frechet import latent_frechet_scorer
+
+            return latent_frechet_scorer(self.reference, f"{self.task.name} held-out tail")
         from trainables.metrics.frechet import FrechetScorer
 
         scorer = FrechetScorer(self.cfg.image_metric, self.reference)

@@ -34,7 +34,7 @@ class Trainer:
         # Same seed on every rank: DDP also broadcasts rank 0's weights, but the target copy
         # is made before wrapping and must match on all ranks.
         torch.manual_seed(cfg.seed)
-        self.task = load_task(cfg.task, seed=cfg.data_seed)
+        self.task = load_task(cfg.task, seed=cfg.data_seed, rank=rank, world_size=world_size)
         self.model = build_model(cfg.model, self.task.shape, self.task.num_classes).to(self.device)
         self.online = wrap_model(self.model) if wrap_model else self.model
         self.target = TargetModel(self.model, cfg.kappa)

@@ -73,7 +73,12 @@ def train_fn_per_worker(loop_config: dict) -> None:
         trainer.load_state_dict(state["trainer"])
         best, resumed_from = state["best"], trainer.step
 
-    lead = Rank0(cfg, trainer, loop_config["tracking"], best, resumed_from) if rank == 0 else None
+    tracking = loop_config["tracking"]
+    if tracking is not None:
+        import ray
+
+        tracking = {**tracking, "tags": {**tracking.get("tags", {}), "ray.job_id": ray.get_runtime_context().get_job_id()}}
+    lead = Rank0(cfg, trainer, tracking, best, resumed_from) if rank == 0 else None
 
     def report(metrics: dict, state_dir) -> None:
         ckpt = ray.train.Checkpoint.from_directory(str(state_dir)) if state_dir is not None else None

@@ -245,3 +245,44 @@ class FrechetScorer:
             f"between {self.extractor_text}; {samples} vs {self.reference_size} reference images "
             f"({self.reference_name})"
         )
+
+
+FLD_MAX_DIM = 1024  # Gaussian-fit dimension cap: eigh cost and covariance noise both grow with it
+
+
+def latent_pool_factor(shape: tuple, max_dim: int = FLD_MAX_DIM) -> int:
+    """Smallest spatial average-pool factor k that brings C * ceil(H/k) * ceil(W/k) to max_dim or below."""
+    c, h, w = shape
+    k = 1
+    while c * -(-h // k) * -(-w // k) > max_dim and k < max(h, w):
+        k += 1
+    return k
+
+
+def latent_frechet_scorer(reference: torch.Tensor, reference_name: str = "held-out latents",
+                          max_dim: int = FLD_MAX_DIM) -> tuple:
+    """(score(samples) -> fld, description): Frechet distance of Gaussian fits to (pooled) flattened latents.
+
+    No feature network is involved, so fld is NOT FID: it is comparable only with fld values on
+    the same latent folder, pooling and sample count.
+    """
+    shape = tuple(reference.shape[1:])
+    k = latent_pool_factor(shape, max_dim)
+
+    def features(x: torch.Tensor) -> torch.Tensor:
+        """(N, D) vectors: the latents flattened, after k x k average pooling when k > 1."""
+        x = x.detach().float().cpu()
+        if k > 1:
+            x = nn.functional.avg_pool2d(x, k, ceil_mode=True)
+        return x.reshape(len(x), -1)
+
+    ref_stats = feature_stats(features(reference))
+    dim = features(reference[:1]).shape[1]
+    pooled = f"{k}x{k} average-pooled and flattened ({dim}-d)" if k > 1 else f"flattened ({dim}-d)"
+    description = (
+        f"fld: Frechet latent distance, NOT FID (no image features): ||mu1 - mu2||^2 + tr(S1 + S2 - 2 (S1 S2)^1/2) "
+        f"between Gaussian fits (float64, eigh-based matrix square root, trainables.metrics.frechet) to the "
+        f"normalised latents of shape {shape}, {pooled}; samples vs {len(reference)} reference latents "
+        f"({reference_name}); biased upwards when samples are few next to {dim} dimensions, so compare only "
+        "at the same latent folder, pooling and eval_samples")
+    return (lambda samples: frechet_distance(*feature_stats(features(samples)), *ref_stats)), description
