@@ -8,12 +8,28 @@ from trainables.rcgm.errors import ConfigError
 
 
 def check_trial_inputs(cfg: TrialConfig) -> None:
-    """Load the dataset, check the evaluation set fits its held-out split, find FID weights."""
+    """Load the dataset, check the evaluation set fits its held-out split, find FID weights.
+
+    A latent task reads only its folder's metadata here (a missing or malformed folder raises
+    DatasetUnavailable naming the build_latents command), no latent rows.
+    """
     task = load_task(cfg.task, seed=cfg.data_seed)
     size = getattr(task, "reference_size", None)
     if size is not None and cfg.eval_samples > size:
         raise ConfigError("eval_samples", cfg.eval_samples, f"<= {size}, the held-out examples of {cfg.task!r}")
+    if cfg.kind == "latents":
+        check_latent_grid(cfg, task.shape)
     if cfg.kind == "images" and cfg.image_metric == "fid":
         from trainables.metrics.frechet import resolve_fid_weights
 
         resolve_fid_weights(None)
+
+
+def check_latent_grid(cfg: TrialConfig, shape: tuple) -> None:
+    """The DiT's patch must tile the latent grid; said here, not as a shape error inside a Ray worker."""
+    from trainables.models.dit import parse_dit_name
+
+    patch = parse_dit_name(cfg.model)[3]
+    if shape[1] % patch or shape[2] % patch:
+        raise ConfigError("model", cfg.model, f"a DiT whose patch divides the {shape[1]}x{shape[2]} latent grid of "
+                                              f"{cfg.task!r} (e.g. DiT-T/2 for even sizes)")
