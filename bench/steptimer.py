@@ -25,8 +25,9 @@ _path: Path | None = None
 def process_start_time() -> float:
     """When this process was created (wall clock), from /proc: imports and interpreter start count too."""
     ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
-    boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime"))
-    return boot + ticks / os.sysconf("SC_CLK_TCK")
+    # Against /proc/uptime (10 ms resolution), not /proc/stat's btime (whole seconds).
+    uptime = float(Path("/proc/uptime").read_text().split()[0])
+    return time.time() - (uptime - ticks / os.sysconf("SC_CLK_TCK"))
 
 
 def record(name: str, **extra) -> None:
