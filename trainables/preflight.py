@@ -29,6 +29,10 @@ def check_latent_grid(cfg: TrialConfig, shape: tuple) -> None:
     """The DiT's patch must tile the latent grid; said here, not as a shape error inside a Ray worker."""
     from trainables.models.dit import parse_dit_name
 
+    if shape[0] not in (1, 3, 4):
+        # pictures.render_samples draws 1 (grey), 3 (RGB) or 4 (RGBA) channels; others would crash rank 0 at the first evaluation.
+        raise ConfigError("task", cfg.task, f"latents with 1, 3 or 4 channels (this folder has {shape[0]}): the "
+                                            "sample pictures (trainables/pictures.py) cannot draw other channel counts yet")
     patch = parse_dit_name(cfg.model)[3]
     if shape[1] % patch or shape[2] % patch:
         raise ConfigError("model", cfg.model, f"a DiT whose patch divides the {shape[1]}x{shape[2]} latent grid of "
