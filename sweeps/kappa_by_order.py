@@ -74,7 +74,7 @@ def plan_from_args(args: argparse.Namespace) -> SweepPlan:
         seeds = tuple(range(parse_list(args.seeds, int, "seeds")[0]))
     if not orders or not kappas or not seeds:
         raise ConfigError("seeds" if not seeds else ("orders" if not orders else "kappas"), "", "at least one value")
-    name = args.name or (size_name if size_name == base.task else f"{base.task}-{size_name}")
+    name = args.name or (size_name if size_name == base.task else f"{base.task_label}-{size_name}")
     settings = {
         "orders": ",".join(map(str, orders)), "kappas": ",".join(f"{k:g}" for k in kappas),
         "seeds": ",".join(map(str, seeds)), **{k: v for k, v in base.tracking_params().items() if k not in GRID_FIELDS},

@@ -47,7 +47,7 @@ def plan_from_args(args: argparse.Namespace) -> SweepPlan:
     base = TrialConfig.from_dict({"cpus_per_worker": 0.99, "order": 2, "kappa": 0.999, **space.trial, **values})
     # Every report must carry the metric ASHA and TPE compare on.
     base = base.replace(checkpoint_every=base.eval_every)
-    name = args.name or f"{base.task}-{args.space}-N{base.order}-k{base.kappa:g}"
+    name = args.name or f"{base.task_label}-{args.space}-N{base.order}-k{base.kappa:g}"
     runs_dir().mkdir(parents=True, exist_ok=True)  # Optuna's SQLite file needs its folder
     settings = {"space": args.space, "samples": args.samples, **base.tracking_params()}
     return SweepPlan(

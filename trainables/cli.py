@@ -9,8 +9,8 @@ from trainables.config import TrialConfig
 from trainables.rcgm.errors import ConfigError
 
 HELP = {
-    "task": "dataset: moons, 8gaussians, checkerboard, swissroll (points); mnist, digits (images)",
-    "model": "'auto' (mlp for points, DiT-T/4 for images), mlp, or DiT-XS/4 ... DiT-XL/2",
+    "task": "dataset: moons, 8gaussians, checkerboard, swissroll (points); mnist, digits, mnist-full, cifar10 (images); latents:<folder> (latent shards from trainables.data.build_latents)",
+    "model": "'auto' (mlp for points, DiT-T/4 for images, DiT-T/2 for latents), mlp, or DiT-XS/4 ... DiT-XL/2",
     "objective": "rcgm (the N-th order recursive objective) or meanflow (JVP baseline)",
     "order": "RCGM order N >= 0 (0 = flow matching, 1 = consistency/MeanFlow-like, >= 2 higher order)",
     "kappa": "target-model EMA decay in [0, 1]: 0 = the online model, 1 = frozen initial copy",
@@ -20,7 +20,7 @@ HELP = {
     "time_schedule": "(t, r) sampling: uniform, beta, logit_normal",
     "time_params": "schedule parameters as k=v pairs, e.g. a=0.8,b=1,scale=1",
     "flow_fraction": "fraction of each batch with r = t (flow-matching samples), in [0, 1]",
-    "guidance": "training-time guidance strength (class-conditional image tasks), >= 0",
+    "guidance": "training-time guidance strength (class-conditional image and latent tasks), >= 0",
     "label_dropout": "fraction of labels dropped to the null class, in [0, 1)",
     "lr": "Adam learning rate",
     "batch_size": "global batch size (split over workers)",
@@ -29,7 +29,7 @@ HELP = {
     "seed": "training seed (init, batches, noise)",
     "data_seed": "seed of the dataset pools and the evaluation set",
     "eval_every": "evaluate (samples, metrics, picture) every this many steps",
-    "eval_samples": "samples per NFE for the metric (0 = 2000 for points, 500 for images)",
+    "eval_samples": "samples per NFE for the metric (0 = 2000 for points, 500 for images and latents)",
     "nfe": "comma-separated numbers of function evaluations to sample with, e.g. 1,2,4",
     "sample_style": "multi-step sampling: few (re-noise), any (jump to next time), mul (Euler)",
     "image_metric": "image metric: fd (offline digit-classifier features) or fid (Inception weights)",

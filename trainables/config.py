@@ -95,7 +95,7 @@ class TrialConfig:
 
         build_time_schedule(self.time_schedule, dict(self.time_params), self.flow_fraction)
         check_real("guidance", self.guidance, 0.0, _INF)
-        if self.guidance > 0 and kind != "images":
+        if self.guidance > 0 and kind == "points":
             raise ConfigError("guidance", self.guidance, "0 for the unconditional point task " + repr(self.task))
         check_real("label_dropout", self.label_dropout, 0.0, 1.0, high_open=True)
         check_real("lr", self.lr, 0.0, _INF, low_open=True)
@@ -142,6 +142,13 @@ class TrialConfig:
             return "fld"
         return "mmd2" if self.kind == "points" else self.image_metric
 
+    @property
+    def task_label(self) -> str:
+        """The task as a short name for runs and folders ('latents:/data/in1k' -> 'latents-in1k')."""
+        if self.kind != "latents":
+            return self.task
+        return "latents-" + os.path.basename(self.task.rstrip("/")) or "latents"
+
     def metric_names(self) -> list[str]:
         """Metric names per NFE, e.g. ['mmd2_1nfe', 'mmd2_2nfe']."""
         return [f"{self.metric_family}_{k}nfe" for k in self.nfe]
@@ -182,7 +189,7 @@ class TrialConfig:
             "eval_every": self.eval_every, "eval_samples": self.eval_samples,
             "grad_clip": self.grad_clip, "data_seed": self.data_seed,
         }
-        if self.kind == "images":
+        if self.kind != "points":
             params["label_dropout"] = self.label_dropout
             params["image_metric"] = self.image_metric
         for key, value in sorted(self.time_params.items()):

@@ -86,7 +86,7 @@ def main(argv=None) -> int:
     if args.dry_run:
         print(json.dumps(cfg.to_dict(), indent=2))
         return 0
-    name = args.name or f"{cfg.task}-N{cfg.order}-k{cfg.kappa}-s{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
+    name = args.name or f"{cfg.task_label}-N{cfg.order}-k{cfg.kappa}-s{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
     tracking = None
     if uri is not None:
         tracking = {"uri": uri, "experiment": args.experiment, "trial_key": name, "run_name": name, "tags": git_info()}
