@@ -147,7 +147,7 @@ class TrialConfig:
         """The task as a short name for runs and folders ('latents:/data/in1k' -> 'latents-in1k')."""
         if self.kind != "latents":
             return self.task
-        return "latents-" + os.path.basename(self.task.rstrip("/")) or "latents"
+        return "latents-" + (os.path.basename(self.task.rstrip("/")) or "root")
 
     def metric_names(self) -> list[str]:
         """Metric names per NFE, e.g. ['mmd2_1nfe', 'mmd2_2nfe']."""
