@@ -85,6 +85,8 @@ def summarize_trial(events: list[dict], launch: float, exited: float) -> dict:
         "stepping_steps_per_s": 1.0 / statistics.median(durations),
         # After start-up: steps over the time from the first to the last step, evaluations, reports and checkpoints included.
         "steady_steps_per_s": (len(steps) - 1) / (last["t1"] - first["t1"]),
+        # Time between steps after the first: evaluations, checkpoints and reports, the part Ray's report adds to.
+        "between_steps_s": (last["t1"] - first["t1"]) - sum(durations[1:]),
         "teardown_s": exited - last["t1"],
         "total_s": exited - launch,
         "phases": phases,
@@ -121,7 +123,7 @@ def median_rows(runs: list[dict]) -> list[dict]:
         if not mine:
             continue
         row = {"path": key, "label": mine[0]["label"], "repeats": len(mine)}
-        for field in ("startup_s", "steps", "stepping_steps_per_s", "steady_steps_per_s", "teardown_s", "total_s"):
+        for field in ("startup_s", "steps", "stepping_steps_per_s", "steady_steps_per_s", "between_steps_s", "teardown_s", "total_s"):
             row[field] = statistics.median(r[field] for r in mine)
         row["phases"] = {p: statistics.median(r["phases"][p] for r in mine if p in r["phases"]) for p in mine[0]["phases"]}
         out.append(row)
@@ -192,10 +194,12 @@ def with_retries(what: str, attempts: int, fn, *args):
 def tables(rows: list[dict], sweeps: list[dict]) -> str:
     """The Markdown tables: trial paths, start-up phases of plain vs Ray, sweeps."""
     out = []
-    headers = ["path", "start-up s", "stepping steps/s", "x plain", "steady steps/s (after start-up)", "x plain", "teardown s", "total s"]
+    headers = ["path", "start-up s", "stepping steps/s", "x plain", "steady steps/s (after start-up)", "x plain",
+               "between steps s", "teardown s", "total s"]
     out.append(markdown_table(headers, [[
         r["label"], f"{r['startup_s']:.1f}", f"{r['stepping_steps_per_s']:.0f}", f"{r.get('stepping_vs_plain', float('nan')):.2f}",
-        f"{r['steady_steps_per_s']:.0f}", f"{r.get('steady_vs_plain', float('nan')):.2f}", f"{r['teardown_s']:.1f}", f"{r['total_s']:.1f}",
+        f"{r['steady_steps_per_s']:.0f}", f"{r.get('steady_vs_plain', float('nan')):.2f}", f"{r.get('between_steps_s', float('nan')):.1f}",
+        f"{r['teardown_s']:.1f}", f"{r['total_s']:.1f}",
     ] for r in rows]))
     for r in rows:
         if r["path"] in ("plain_mlflow", "ray_mlflow"):

@@ -70,7 +70,7 @@ def test_objective_quick_reports_every_configuration(tmp_path):
         assert r["ms_per_step"] > 0 and r["ratio"] > 0 and r["saved_bytes"] > 0 and r["expected"] >= 1, r
     for r in rows:
         if r["objective"] == "flow matching":
-            assert r["ratio"] == 1.0 and r["saved_ratio"] == 1.0 and r["expected"] == 1.0
+            assert r["ratio"] == 1.0 and r["ratio_of_min"] == 1.0 and r["saved_ratio"] == 1.0 and r["expected"] == 1.0
     assert {"cpu_model", "cores", "torch", "ray", "git_commit", "load_avg_1_5_15"} <= set(report["machine"])
 
 
@@ -98,6 +98,7 @@ def test_trial_summary_from_timer_events():
     # 9 steps after the first one took 0.9 s of stepping plus the 1 s evaluation.
     assert summary["steady_steps_per_s"] == pytest.approx(9 / 1.9)
     assert summary["teardown_s"] == pytest.approx(20.0 - 6.0)
+    assert summary["between_steps_s"] == pytest.approx(1.0)
     assert sum(summary["phases"].values()) == pytest.approx(4.0)
     assert list(summary["phases"])[0] == "launch -> process_start (driver)"
     # Only rank 0's steps count, and its own process start is a phase when it is another process (Ray).
