@@ -78,6 +78,12 @@ def summarize_trial(events: list[dict], launch: float, exited: float) -> dict:
     marks = [("launch", launch)] + [(f"{n} ({w})", when[(n, w)]) for n, w in MILESTONES if (n, w) in when] + [("first step", first["t0"])]
     phases = {f"{a} -> {b}": round(tb - ta, 3) for (a, ta), (b, tb) in zip(marks, marks[1:])}
     durations = [e["t1"] - e["t0"] for e in steps]
+
+    def spent(start: str, end: str) -> float:
+        """Seconds rank 0 spent between start/end event pairs inside the steady window."""
+        starts = sorted(e["t"] for e in events if e["pid"] == lead and e["event"] == start)
+        ends = sorted(e["t"] for e in events if e["pid"] == lead and e["event"] == end)
+        return sum(b - a for a, b in zip(starts, ends) if first["t1"] <= a and b <= last["t0"])
     return {
         "startup_s": first["t0"] - launch,
         "steps": len(steps),
@@ -87,6 +93,8 @@ def summarize_trial(events: list[dict], launch: float, exited: float) -> dict:
         "steady_steps_per_s": (len(steps) - 1) / (last["t1"] - first["t1"]),
         # Time between steps after the first: evaluations, checkpoints and reports, the part Ray's report adds to.
         "between_steps_s": (last["t1"] - first["t1"]) - sum(durations[1:]),
+        "eval_s": spent("eval_start", "eval_end"),
+        "save_s": spent("save_start", "save_end"),
         "teardown_s": exited - last["t1"],
         "total_s": exited - launch,
         "phases": phases,
@@ -123,7 +131,7 @@ def median_rows(runs: list[dict]) -> list[dict]:
         if not mine:
             continue
         row = {"path": key, "label": mine[0]["label"], "repeats": len(mine)}
-        for field in ("startup_s", "steps", "stepping_steps_per_s", "steady_steps_per_s", "between_steps_s", "teardown_s", "total_s"):
+        for field in ("startup_s", "steps", "stepping_steps_per_s", "steady_steps_per_s", "between_steps_s", "eval_s", "save_s", "teardown_s", "total_s"):
             row[field] = statistics.median(r[field] for r in mine)
         row["phases"] = {p: statistics.median(r["phases"][p] for r in mine if p in r["phases"]) for p in mine[0]["phases"]}
         out.append(row)
@@ -195,10 +203,10 @@ def tables(rows: list[dict], sweeps: list[dict]) -> str:
     """The Markdown tables: trial paths, start-up phases of plain vs Ray, sweeps."""
     out = []
     headers = ["path", "start-up s", "stepping steps/s", "x plain", "steady steps/s (after start-up)", "x plain",
-               "between steps s", "teardown s", "total s"]
+               "between steps s (eval / save / rest)", "teardown s", "total s"]
     out.append(markdown_table(headers, [[
         r["label"], f"{r['startup_s']:.1f}", f"{r['stepping_steps_per_s']:.0f}", f"{r.get('stepping_vs_plain', float('nan')):.2f}",
-        f"{r['steady_steps_per_s']:.0f}", f"{r.get('steady_vs_plain', float('nan')):.2f}", f"{r.get('between_steps_s', float('nan')):.1f}",
+        f"{r['steady_steps_per_s']:.0f}", f"{r.get('steady_vs_plain', float('nan')):.2f}", f"{r['between_steps_s']:.1f} ({r['eval_s']:.1f} / {r['save_s']:.2f} / {r['between_steps_s'] - r['eval_s'] - r['save_s']:.2f})",
         f"{r['teardown_s']:.1f}", f"{r['total_s']:.1f}",
     ] for r in rows]))
     for r in rows:

@@ -65,6 +65,20 @@ def _wrap(cls, name: str, before: str | None = None, after: str | None = None, e
     setattr(cls, name, wrapped)
 
 
+def _timed_function(original, before: str, after: str):
+    """A plain function recording events around each call."""
+
+    @functools.wraps(original)
+    def wrapped(*args, **kwargs):
+        record(before)
+        try:
+            return original(*args, **kwargs)
+        finally:
+            record(after)
+
+    return wrapped
+
+
 def _timed_step(original):
     """train_step with its start and end times kept in memory (two clock reads per step)."""
 
@@ -96,6 +110,11 @@ def install() -> bool:
     Trainer.train_step = _timed_step(Trainer.train_step)
     _wrap(Rank0, "__init__", "rank0_init_start", "rank0_init_end")
     _wrap(Rank0, "finish", "rank0_finish_start", "rank0_finish_end")
+    _wrap(Rank0, "evaluate", "eval_start", "eval_end")
+    import trainables.checkpointing as checkpointing
+
+    # run_loop imports save_state when it runs, so patching the module attribute is enough.
+    checkpointing.save_state = _timed_function(checkpointing.save_state, "save_start", "save_end")
     atexit.register(flush)
     flush()
     return True
