@@ -30,6 +30,24 @@ def _children(uri: str, sweep: str, experiment: str = "kappa_by_order"):
     return parent, kids
 
 
+def _wait_for_http(url: str, timeout: float) -> None:
+    """Poll url until it answers at all (a Ray head's dashboard coming up; 401 counts under token auth)."""
+    import urllib.error
+    import urllib.request
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=5):
+                return
+        except urllib.error.HTTPError:
+            return
+        except OSError:
+            pass
+        time.sleep(1)
+    pytest.fail(f"{url} did not answer within {timeout:.0f} s")
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -99,14 +117,17 @@ def test_ray_job_submit_against_a_started_head(sqlite_uri, tmp_path):
     dash, gcs, agent, agent_grpc, env_agent, metrics = (_free_port() for _ in range(6))
     # As with an activated venv: the job's `python` entrypoint must find the project's packages.
     path = f"{os.path.dirname(PYTHON)}:{os.environ.get('PATH', '')}"
-    env = {**os.environ, "RAY_TMPDIR": f"/tmp/rcgm-head-{os.getpid()}", "PATH": path}
+    ray_tmp = f"/tmp/rcgm-head-{os.getpid()}"
+    env = {**os.environ, "RAY_TMPDIR": ray_tmp, "PATH": path}
     # Explicit agent ports: another Ray on this machine (a test's, a user's) may hold the defaults,
     # and a head whose job agent cannot bind answers 'No available agent' forever.
-    subprocess.run([ray, "start", "--head", f"--port={gcs}", f"--dashboard-port={dash}", "--num-cpus=2", "--include-dashboard=true",
-                    f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={agent_grpc}",
-                    f"--runtime-env-agent-port={env_agent}", f"--metrics-export-port={metrics}"],
-                   check=True, env=env, capture_output=True, timeout=180)
+    # --block in its own session, so the test can end exactly this head (`ray stop` ends every Ray of the user).
+    head = subprocess.Popen([ray, "start", "--head", "--block", f"--port={gcs}", f"--dashboard-port={dash}", "--num-cpus=2",
+                             "--include-dashboard=true", f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={agent_grpc}",
+                             f"--runtime-env-agent-port={env_agent}", f"--metrics-export-port={metrics}"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
+        _wait_for_http(f"http://127.0.0.1:{dash}/api/version", timeout=180)
         for _ in range(6):
             proc = run_cli(["-m", "sweeps.submit", "--address", f"http://127.0.0.1:{dash}", "--", SCRIPT, "--smoke", "--name", "submitted",
                             "--no-report", "--tracking-uri", sqlite_uri, "--storage-path", str(tmp_path / "ray")], timeout=900, env=env)
@@ -117,7 +138,12 @@ def test_ray_job_submit_against_a_started_head(sqlite_uri, tmp_path):
         assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
         assert "succeeded" in (proc.stdout + proc.stderr).lower()
     finally:
-        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+        subprocess.run(["pkill", "-9", "-f", ray_tmp], check=False)
     _, kids = _children(sqlite_uri, "submitted")
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True).stdout.strip()
     assert len(kids) == 4 and all(k.data.tags["status"] == "finished" for k in kids)
