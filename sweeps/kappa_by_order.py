@@ -83,7 +83,7 @@ def plan_from_args(args: argparse.Namespace) -> SweepPlan:
         name=name, experiment=args.experiment, tracking_uri=args.tracking_uri or default_tracking_uri(),
         storage_path=args.storage_path or default_storage_path(), base=base, search="grid",
         cells=grid_cells(orders, kappas, seeds), max_concurrent=args.max_concurrent, address=args.address,
-        report=not args.no_report, settings=settings,
+        report=not args.no_report, settings=settings, runner=args.trial_runner,
     )
 
 

@@ -19,6 +19,7 @@ from trainables.tracking import (
 
 EXIT_BAD_INPUT = 2
 DRIVER_CPU = 0.01  # the Tune function trainable only waits on its TorchTrainer
+RUNNERS = ("auto", "inline", "train")
 
 
 class SweepError(RuntimeError):
@@ -43,6 +44,12 @@ class SweepPlan:
     report: bool = True
     optuna_storage: str | None = None
     settings: dict = field(default_factory=dict)  # what the parent run records; a resumed sweep must match
+    runner: str = "auto"  # inline (in the Tune trial process), train (a TorchTrainer per trial), or auto
+
+    @property
+    def inline(self) -> bool:
+        """Whether trials run inside their Tune process: auto picks it for one-worker trials."""
+        return self.runner == "inline" or (self.runner == "auto" and self.base.workers == 1)
 
     def cell_config(self, cell: dict) -> TrialConfig:
         """The trial config of one grid cell (or one sampled point)."""
@@ -67,6 +74,10 @@ def slug(text: str) -> str:
 
 def validate(plan: SweepPlan) -> SweepPlan:
     """Refuse bad cells, a missing dataset or an unusable tracking URI before any compute."""
+    if plan.runner not in RUNNERS:
+        raise ConfigError("trial_runner", plan.runner, "one of " + ", ".join(RUNNERS))
+    if plan.runner == "inline" and plan.base.workers > 1:
+        raise ConfigError("trial_runner", plan.runner, "'train' or 'auto' with --workers > 1 (DDP needs a TorchTrainer)")
     for cell in plan.cells:
         try:
             plan.cell_config(cell)
@@ -88,7 +99,8 @@ def open_parent_run(plan: SweepPlan) -> tuple[str, bool]:
     """The sweep's parent run; a reused name with other settings is refused."""
     from mlflow.tracking import MlflowClient
 
-    settings = {k: str(v) for k, v in plan.settings.items()}
+    # Inline and TorchTrainer trials keep their checkpoints in different places: a resume must not switch.
+    settings = {**{k: str(v) for k, v in plan.settings.items()}, "trial_runner": "inline" if plan.inline else "train"}
     exp_id = ensure_experiment(plan.tracking_uri, plan.experiment)
     found = find_run(plan.tracking_uri, exp_id, {"rcgm.kind": "sweep", "rcgm.sweep": plan.name})
     if found:
@@ -108,7 +120,7 @@ def open_parent_run(plan: SweepPlan) -> tuple[str, bool]:
 
 
 def sweep_trial(config: dict) -> None:
-    """One Tune trial: fit a TorchTrainer for this cell, reporting to Tune through the callback."""
+    """One Tune trial: run the cell in this process (inline) or fit a TorchTrainer for it."""
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -123,16 +135,21 @@ def sweep_trial(config: dict) -> None:
         "parent_run_id": meta["parent_run_id"], "sweep": meta["sweep"],
         "tags": {**meta["git"], "ray.trial_id": tune.get_context().get_trial_id(), "rcgm.cell": key},
     }
-    trainer = build_torch_trainer(cfg, tracking, name=slug(f"train-{meta['sweep']}-{key}"), storage_path=meta["storage_path"], callbacks=[TuneReportCallback()])
     try:
-        trainer.fit()
+        if meta["inline"]:
+            from trainables.inline import run_in_tune
+
+            run_in_tune(cfg, tracking)
+        else:
+            name = slug(f"train-{meta['sweep']}-{key}")
+            build_torch_trainer(cfg, tracking, name=name, storage_path=meta["storage_path"], callbacks=[TuneReportCallback()]).fit()
     except Exception as err:
         mark_failed(tracking, f"{type(err).__name__}: {err}"[:500])
         raise
 
 
 def mark_failed(tracking: dict, reason: str) -> None:
-    """Record a trial whose Ray Train run gave up (retries exhausted) as failed in MLflow."""
+    """Record a trial that raised (for a TorchTrainer: retries exhausted) as failed in MLflow."""
     from mlflow.tracking import MlflowClient
 
     exp_id = ensure_experiment(tracking["uri"], tracking["experiment"])
@@ -162,7 +179,7 @@ def _meta(plan: SweepPlan, parent_run_id: str) -> dict:
     """What every trial needs to find its MLflow parent and its storage."""
     return {
         "sweep": plan.name, "uri": plan.tracking_uri, "experiment": plan.experiment,
-        "parent_run_id": parent_run_id, "storage_path": plan.storage_path, "git": git_info(),
+        "parent_run_id": parent_run_id, "storage_path": plan.storage_path, "git": git_info(), "inline": plan.inline,
     }
 
 
@@ -188,7 +205,7 @@ def concurrency(plan: SweepPlan) -> int:
 
     res = ray.cluster_resources()
     cfg = plan.base
-    per_trial_cpu = cfg.workers * cfg.cpus_per_worker + DRIVER_CPU
+    per_trial_cpu = cfg.workers * cfg.cpus_per_worker + (0 if plan.inline else DRIVER_CPU)
     fit = math.floor(res.get("CPU", 1) / per_trial_cpu + 1e-9)
     if cfg.gpus_per_worker > 0:
         fit = min(fit, math.floor(res.get("GPU", 0) / (cfg.workers * cfg.gpus_per_worker) + 1e-9))
@@ -200,18 +217,30 @@ def concurrency(plan: SweepPlan) -> int:
     return min(fit, plan.max_concurrent or fit)
 
 
+def trial_resources(plan: SweepPlan) -> dict:
+    """What one Tune trial process holds: the whole trial when inline, else a sliver to wait on its TorchTrainer."""
+    if not plan.inline:
+        return {"CPU": DRIVER_CPU}
+    resources = {"CPU": plan.base.cpus_per_worker}
+    if plan.base.gpus_per_worker > 0:
+        resources["GPU"] = plan.base.gpus_per_worker
+    return resources
+
+
 def build_tuner(plan: SweepPlan, parent_run_id: str):
     """A new Tuner, or the stored one when this sweep ran before (resume)."""
     from ray import tune
 
     path = f"{plan.storage_path.rstrip('/')}/{plan.name}"
     entry = grid_trial if plan.search == "grid" else search_trial
-    trainable = tune.with_resources(entry, {"CPU": DRIVER_CPU})
+    trainable = tune.with_resources(entry, trial_resources(plan))
     if tune.Tuner.can_restore(path):
         print(f"resuming sweep {plan.name!r} from {path}: finished trials are kept, unfinished ones continue from their checkpoints", flush=True)
         return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
     limit = concurrency(plan)
-    run_config = tune.RunConfig(name=plan.name, storage_path=plan.storage_path, verbose=1)
+    # Inline trials retry through Tune (from their last Tune checkpoint); TorchTrainers retry themselves.
+    failures = tune.FailureConfig(max_failures=2 if plan.inline else 0)
+    run_config = tune.RunConfig(name=plan.name, storage_path=plan.storage_path, verbose=1, failure_config=failures)
     if plan.search == "grid":
         print(f"sweep {plan.name!r}: {len(plan.cells)} trials, {limit} at a time", flush=True)
         return tune.Tuner(trainable, param_space=_grid_cell_space(plan, parent_run_id),

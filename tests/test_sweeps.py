@@ -54,12 +54,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_smoke_sweep_end_to_end(sqlite_uri, tmp_path):
-    proc = run_cli([SCRIPT, "--smoke", "--tracking-uri", sqlite_uri, "--storage-path", str(tmp_path / "ray")], timeout=900)
+@pytest.mark.parametrize("runner", ["auto", "train"])
+def test_smoke_sweep_end_to_end(runner, sqlite_uri, tmp_path):
+    # auto runs one-worker trials inside their Tune process; train nests a TorchTrainer per trial.
+    proc = run_cli([SCRIPT, "--smoke", "--trial-runner", runner, "--tracking-uri", sqlite_uri, "--storage-path", str(tmp_path / "ray")], timeout=900)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
     parent, kids = _children(sqlite_uri, "moons-smoke")
     assert parent is not None and parent.data.params["orders"] == "1,2" and parent.data.params["kappas"] == "0.9,0.999"
+    assert parent.data.params["trial_runner"] == ("inline" if runner == "auto" else "train")
     assert len(kids) == 4
     cells = sorted((k.data.params["order"], k.data.params["kappa"]) for k in kids)
     assert cells == [("1", "0.9"), ("1", "0.999"), ("2", "0.9"), ("2", "0.999")]
@@ -74,7 +77,7 @@ def test_smoke_sweep_end_to_end(sqlite_uri, tmp_path):
     assert "mmd2_1nfe (final, mean over seeds" in out  # the terminal table
     assert f"mlflow ui --backend-store-uri {sqlite_uri}" in out
     html = next(line.split("report: ", 1)[1].strip() for line in out.splitlines() if line.startswith("report: "))
-    keep_artifact(html, "smoke_report.html")
+    keep_artifact(html, f"smoke_report_{runner}.html")
 
 
 def test_killed_driver_resumes_without_duplicates(sqlite_uri, tmp_path):
@@ -156,6 +159,8 @@ def test_ray_job_submit_against_a_started_head(sqlite_uri, tmp_path):
     (["--orders", "-1,2"], "--orders"),
     (["--time-schedule", "cosine"], "--time-schedule"),
     (["--tracking-uri", "http://127.0.0.1:9"], "unreachable"),
+    (["--trial-runner", "bogus"], "--trial-runner"),
+    (["--trial-runner", "inline", "--workers", "2"], "--trial-runner"),
 ])
 def test_bad_flags_fail_before_ray_starts(flags, needle):
     started = time.time()

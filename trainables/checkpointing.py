@@ -19,3 +19,13 @@ def save_state(directory, trainer_state: dict, config: dict, best: dict[str, flo
 def load_state(directory, map_location="cpu") -> dict:
     """Read a state written by save_state; weights_only refuses pickled code in a checkpoint."""
     return torch.load(Path(directory) / STATE_FILE, map_location=map_location, weights_only=True)
+
+
+def restore_trainer(trainer, checkpoint, device) -> tuple[dict, int | None]:
+    """Load a Ray/Tune checkpoint (or None) into trainer; returns (best metrics, step resumed from)."""
+    if checkpoint is None:
+        return {}, None
+    with checkpoint.as_directory() as d:
+        state = load_state(d, map_location=device)
+    trainer.load_state_dict(state["trainer"])
+    return state["best"], trainer.step

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from trainables.checkpointing import load_state
+from trainables.checkpointing import restore_trainer
 from trainables.config import TrialConfig
 from trainables.evaluation import COLLAPSED, DIVERGED, HEALTHY
 from trainables.loop import Trainer, run_loop
@@ -28,6 +28,15 @@ def agree_across_ranks(status: str) -> str:
     code = torch.tensor([STATUS_CODES[status]], dtype=torch.int64)
     dist.all_reduce(code, op=dist.ReduceOp.MAX)
     return CODE_STATUS[int(code.item())]
+
+
+def tag_ray_job(tracking: dict | None) -> dict | None:
+    """The tracking spec with this process's Ray job id added to the run's tags."""
+    if tracking is None:
+        return None
+    import ray
+
+    return {**tracking, "tags": {**tracking.get("tags", {}), "ray.job_id": ray.get_runtime_context().get_job_id()}}
 
 
 def crash_hook(loop_config: dict, rank: int):
@@ -65,20 +74,8 @@ def train_fn_per_worker(loop_config: dict) -> None:
     device = ray.train.torch.get_device()
     trainer = Trainer(cfg, device, rank, world, wrap_model=ray.train.torch.prepare_model if world > 1 else None)
 
-    best, resumed_from = {}, None
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            state = load_state(d, map_location=device)
-        trainer.load_state_dict(state["trainer"])
-        best, resumed_from = state["best"], trainer.step
-
-    tracking = loop_config["tracking"]
-    if tracking is not None:
-        import ray
-
-        tracking = {**tracking, "tags": {**tracking.get("tags", {}), "ray.job_id": ray.get_runtime_context().get_job_id()}}
-    lead = Rank0(cfg, trainer, tracking, best, resumed_from) if rank == 0 else None
+    best, resumed_from = restore_trainer(trainer, ray.train.get_checkpoint(), device)
+    lead = Rank0(cfg, trainer, tag_ray_job(loop_config["tracking"]), best, resumed_from) if rank == 0 else None
 
     def report(metrics: dict, state_dir) -> None:
         ckpt = ray.train.Checkpoint.from_directory(str(state_dir)) if state_dir is not None else None
