@@ -169,3 +169,22 @@ def test_bad_flags_fail_before_ray_starts(flags, needle):
     assert needle in proc.stderr
     assert "Started a local Ray" not in proc.stdout + proc.stderr
     assert time.time() - started < 60
+
+
+def test_optuna_search_with_asha(sqlite_uri, tmp_path):
+    proc = run_cli(["sweeps/schedule_search.py", "--samples", "3", "--steps", "400", "--eval-every", "100", "--name", "search",
+                    "--no-report", "--tracking-uri", sqlite_uri, "--storage-path", str(tmp_path / "ray"),
+                    "--optuna-storage", f"sqlite:///{tmp_path / 'optuna.db'}"], timeout=900)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    parent, kids = _children(sqlite_uri, "search", experiment="schedule_search")
+    assert parent.data.tags["rcgm.search"] == "optuna" and parent.data.tags["rcgm.metric"] == "final.mmd2_1nfe"
+    assert len(kids) == 3
+    statuses = [k.data.tags["status"] for k in kids]
+    # Every run ends with a status: finished (reached max_t, closed before ASHA's stop) or stopped early.
+    assert set(statuses) <= {"finished", "stopped"} and "finished" in statuses, statuses
+    assert all(k.data.metrics["final_step"] == 400 for k in kids if k.data.tags["status"] == "finished")
+    assert len({(k.data.params["time_schedule.a"], k.data.params["lr"]) for k in kids}) == 3  # TPE proposed 3 points
+    import optuna
+
+    study = optuna.load_study(study_name="search", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert len(study.trials) == 3  # the study is stored where optuna-dashboard can open it

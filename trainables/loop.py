@@ -126,9 +126,14 @@ def run_loop(cfg: TrialConfig, trainer: Trainer, lead, report, agree=lambda stat
         if lead is not None:
             state_dir = Path(tempfile.mkdtemp(prefix="rcgm-ckpt-"))
             save_state(state_dir, trainer.state_dict(), cfg.to_dict(), lead.evaluator.best)
+        if done and lead is not None:
+            # Close the MLflow run before the last report: a scheduler may end this process on it
+            # (ASHA stops a trial that reaches max_t as soon as it reports).
+            lead.finish(metrics["status"], reason, step, time.time() - started, state_dir)
         report(metrics, state_dir)
         if done:
-            break
+            return metrics["status"], reason, state_dir
+    # Only reached when no step ran: a trial resumed from its final checkpoint.
     final = FINISHED if status == HEALTHY else status
     if lead is not None:
         lead.finish(final, reason, trainer.step, time.time() - started, state_dir)
