@@ -13,7 +13,7 @@ import torch
 from trainables.checkpointing import restore_trainer
 from trainables.config import TrialConfig
 from trainables.loop import Trainer, run_loop
-from trainables.worker import tag_ray_job
+from trainables.worker import quiet_train_logs, tag_ray_job
 
 
 def run_in_tune(cfg: TrialConfig, tracking: dict | None) -> str:
@@ -22,6 +22,7 @@ def run_in_tune(cfg: TrialConfig, tracking: dict | None) -> str:
 
     from trainables.rank0 import Rank0
 
+    quiet_train_logs()
     # One thread per CPU this trial was given: two trials on two cores must not fight.
     torch.set_num_threads(max(1, int(round(cfg.cpus_per_worker))))
     device = "cuda" if cfg.gpus_per_worker > 0 and torch.cuda.is_available() else "cpu"

@@ -30,6 +30,13 @@ def agree_across_ranks(status: str) -> str:
     return CODE_STATUS[int(code.item())]
 
 
+def quiet_train_logs() -> None:
+    """Ray Train logs every checkpoint and report at INFO: two lines per evaluation and trial
+    drown Tune's progress table; warnings and errors still show."""
+    for name in ("ray.train", "ray.train.v2", "ray.tune"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def tag_ray_job(tracking: dict | None) -> dict | None:
     """The tracking spec with this process's Ray job id added to the run's tags."""
     if tracking is None:
@@ -62,10 +69,7 @@ def train_fn_per_worker(loop_config: dict) -> None:
 
     from trainables.rank0 import Rank0
 
-    # Ray Train logs every checkpoint and report at INFO: two lines per evaluation and trial
-    # drown Tune's progress table; warnings and errors still show.
-    for name in ("ray.train", "ray.train.v2"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    quiet_train_logs()
     cfg = TrialConfig.from_dict(loop_config["trial"])
     # One thread per CPU this worker was given: two trials on two cores must not fight.
     torch.set_num_threads(max(1, int(round(cfg.cpus_per_worker))))
