@@ -6,7 +6,7 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 
-from trainables.data import IMAGE_TASKS, LATENT_PREFIX, POINT_TASKS, TASK_NAMES, is_latent_task
+from trainables.data import LATENT_PREFIX, POINT_TASKS, TASK_NAMES, is_latent_task
 from trainables.models import MODEL_NAMES
 from trainables.rcgm.checks import check_choice, check_int, check_real
 from trainables.rcgm.errors import ConfigError
