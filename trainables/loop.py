@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -91,7 +92,8 @@ def run_loop(cfg: TrialConfig, trainer: Trainer, lead, report, agree=lambda stat
     """Step until done or unhealthy; evaluate (lead = rank 0 only), checkpoint and report on schedule.
 
     `report(metrics, state_dir)` is Ray's report on workers and a progress print locally;
-    `agree(status)` makes every rank adopt the worst status; returns (status, reason, state_dir).
+    `agree(status)` makes every rank adopt the worst status; returns (status, reason, None).
+    Each checkpoint folder is removed once reported (Ray keeps its own copy).
     """
     from trainables.checkpointing import save_state
     from trainables.evaluation import FINISHED, HEALTHY, DIVERGED
@@ -131,8 +133,11 @@ def run_loop(cfg: TrialConfig, trainer: Trainer, lead, report, agree=lambda stat
             # (ASHA stops a trial that reaches max_t as soon as it reports).
             lead.finish(metrics["status"], reason, step, time.time() - started, state_dir)
         report(metrics, state_dir)
+        if state_dir is not None:
+            # Ray persisted the checkpoint during report(); a DiT state is tens of MB per evaluation.
+            shutil.rmtree(state_dir, ignore_errors=True)
         if done:
-            return metrics["status"], reason, state_dir
+            return metrics["status"], reason, None
     # Only reached when no step ran: a trial resumed from its final checkpoint.
     final = FINISHED if status == HEALTHY else status
     if lead is not None:
