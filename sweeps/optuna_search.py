@@ -25,4 +25,5 @@ def optuna_tune_config(plan, max_concurrent: int):
     # ASHA compares trials at the same training step (time_attr), so collapsing ones stop early.
     scheduler = ASHAScheduler(time_attr="step", metric=metric, mode="min", max_t=plan.base.steps,
                               grace_period=max(plan.base.eval_every, plan.base.steps // 4), reduction_factor=2)
-    return tune.TuneConfig(search_alg=search, scheduler=scheduler, num_samples=plan.num_samples, max_concurrent_trials=max_concurrent)
+    return tune.TuneConfig(search_alg=search, scheduler=scheduler, num_samples=plan.num_samples, max_concurrent_trials=max_concurrent,
+                           reuse_actors=plan.inline)

@@ -1,5 +1,9 @@
 """Point tasks, the MMD^2 metric and the VelocityMLP."""
 
+import subprocess
+import sys
+
+import numpy as np
 import pytest
 import torch
 
@@ -127,3 +131,32 @@ def test_conditional_mlp_uses_labels_and_a_null_class():
     assert torch.equal(model(x, t, t, None), model(x, t, t, torch.full_like(y, 3)))  # None = null class
     with pytest.raises(ValueError):
         VelocityMLP(dim=2)(x, t, t, y)
+
+
+@pytest.mark.parametrize("n", [7, 1000])
+@pytest.mark.parametrize("seed", [0, 1, 12345])
+def test_numpy_moons_equal_sklearns_make_moons_bit_for_bit(n, seed):
+    # The pools were made with sklearn before; results must not move when its import went away.
+    from sklearn.datasets import make_moons
+
+    from trainables.data.points import _moons
+
+    ours = _moons(n, np.random.default_rng(seed))
+    state = int(np.random.default_rng(seed).integers(2**31 - 1))
+    theirs, _ = make_moons(n_samples=n, noise=0.05, random_state=state)
+    assert np.array_equal(ours, theirs)
+
+
+def test_point_tasks_do_not_import_sklearn():
+    code = "import sys; from trainables.data import load_task; load_task('moons'); print('sklearn' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_point_tasks_are_built_once_per_name_and_seed_and_never_written():
+    first = load_task("moons", seed=3)
+    assert load_task("moons", seed=3) is first and load_task("moons", seed=4) is not first
+    before = first._pool.clone()
+    x, _ = first.sample(64, torch.Generator().manual_seed(0))
+    x.add_(100.0)  # a caller editing its batch must not reach the shared pool
+    assert torch.equal(first._pool, before)

@@ -70,6 +70,12 @@ def test_smoke_sweep_end_to_end(runner, sqlite_uri, tmp_path):
         assert kid.data.tags["status"] == "finished"
         assert kid.data.params["steps"] == "300"
         assert "mmd2_1nfe" in kid.data.metrics and "mmd2_2nfe" in kid.data.metrics
+    processes = {kid.data.tags["rcgm.process"] for kid in kids}
+    if runner == "auto":
+        # Inline trials reuse their Tune process: 4 trials on at most 2 slots need at most 2 processes.
+        assert len(processes) <= 2, processes
+    else:
+        assert len(processes) == 4, processes  # a TorchTrainer starts a fresh worker per trial
     client = MlflowClient(sqlite_uri)
     report = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
     assert any(p.endswith(".html") for p in report), report

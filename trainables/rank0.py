@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import tempfile
 from pathlib import Path
 
@@ -30,7 +32,9 @@ class Rank0:
             tracking["uri"], tracking["experiment"], tracking["trial_key"],
             parent_run_id=tracking.get("parent_run_id"), sweep=tracking.get("sweep"), run_name=tracking.get("run_name"),
         )
-        tags = {f"metric_definition.{self.evaluator.family}": self.evaluator.description}
+        tags = {f"metric_definition.{self.evaluator.family}": self.evaluator.description,
+                # Which process ran the loop: with reused Tune actors one process runs several trials.
+                "rcgm.process": f"{socket.gethostname()}:{os.getpid()}"}
         tags.update({k: str(v) for k, v in tracking.get("tags", {}).items()})
         self.tracker.start(self.cfg.tracking_params(), tags)
         if resumed_from is not None:

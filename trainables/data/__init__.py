@@ -1,5 +1,7 @@
 """Task registry: point clouds for the paradox study, real digits for image sweeps."""
 
+from functools import lru_cache
+
 from trainables.rcgm.errors import ConfigError
 
 POINT_TASKS = ("moons", "8gaussians", "checkerboard", "swissroll")
@@ -24,9 +26,7 @@ def load_task(name: str, seed: int = 0, rank: int = 0, world_size: int = 1):
     rank / world_size pick a latent task's disjoint training slice; other tasks ignore them.
     """
     if name in POINT_TASKS:
-        from trainables.data.points import PointTask
-
-        return PointTask(name, seed=seed)
+        return _point_task(name, seed)
     if name in IMAGE_TASKS:
         from trainables.data.images import load_image_task
 
@@ -36,3 +36,15 @@ def load_task(name: str, seed: int = 0, rank: int = 0, world_size: int = 1):
 
         return LatentTask(name[len(LATENT_PREFIX):], seed=seed, rank=rank, world_size=world_size)
     raise ConfigError("task", name, "one of " + ", ".join(TASK_NAMES) + f" or {LATENT_PREFIX}<folder>")
+
+
+@lru_cache(maxsize=8)
+def _point_task(name: str, seed: int):
+    """One PointTask per (name, seed) and process.
+
+    Why: the preflight and the Trainer both load the task, and a reused Tune trial process
+    runs many trials on the same pools; the pools are never written, so sharing them is safe.
+    """
+    from trainables.data.points import PointTask
+
+    return PointTask(name, seed=seed)

@@ -10,11 +10,23 @@ REFERENCE_SIZE = 50_000  # held-out pool for metrics, never seen in training bat
 
 
 def _moons(n: int, rng: np.random.Generator) -> np.ndarray:
-    """sklearn's two moons with noise 0.05, unscaled (method notes 3.4)."""
-    from sklearn.datasets import make_moons
+    """sklearn's two moons with noise 0.05, unscaled (method notes 3.4), bit for bit.
 
-    x, _ = make_moons(n_samples=n, noise=0.05, random_state=int(rng.integers(2**31 - 1)))
-    return x
+    Written with numpy because importing sklearn.datasets costs ~1.2 s in every trial
+    process (docs/benchmarks.md); tests/test_points.py checks equality with make_moons.
+    """
+    legacy = np.random.RandomState(int(rng.integers(2**31 - 1)))
+    n_upper = n // 2
+    upper = np.linspace(0, np.pi, n_upper)
+    lower = np.linspace(0, np.pi, n - n_upper)
+    x = np.concatenate([np.cos(upper), 1 - np.cos(lower)])
+    y = np.concatenate([np.sin(upper), 1 - np.sin(lower) - 0.5])
+    points = np.stack([x, y], axis=1)
+    # Same draws in the same order as make_moons: a shuffle of the indices, then the noise.
+    order = np.arange(n)
+    legacy.shuffle(order)
+    points = points[order]
+    return points + legacy.normal(scale=0.05, size=points.shape)
 
 
 def _eight_gaussians(n: int, rng: np.random.Generator) -> np.ndarray:
