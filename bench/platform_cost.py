@@ -36,7 +36,7 @@ PATHS = {
     "ray_mlflow_2w": ("Ray Train + MLflow, 2 workers (DDP, gloo)", "ray", ["--tracking-uri", "{db}", "--storage-path", "{store}", "--workers", "2"]),
 }
 # Grid size -> (orders, kappas): N=0 is left out because the launcher runs it once per seed.
-GRIDS = {2: ("1,2", "0.999"), 4: ("1,2", "0.99,0.999"), 8: ("1,2,3,4", "0.99,0.999")}
+GRIDS = {2: ("1,2", "0.999"), 4: ("1,2", "0.99,0.999"), 8: ("1,2,3,4", "0.99,0.999"), 16: ("1,2,3,4", "0,0.9,0.99,0.999")}
 TRIAL = ["--task", "moons", "--order", "2", "--kappa", "0.999", "--seed", "0", "--nfe", "1,2"]
 # Start-up milestones in the order they happen: (event, whose) with whose = the driver or rank 0's process.
 MILESTONES = [
@@ -143,7 +143,7 @@ def median_rows(runs: list[dict]) -> list[dict]:
     return out
 
 
-def run_sweep(trials: int, root: Path, steps: int, eval_samples: int, timeout: float) -> dict:
+def run_sweep(trials: int, root: Path, steps: int, eval_samples: int, timeout: float, runner: str = "auto") -> dict:
     """One kappa_by_order grid of `trials` trials; wall time against the ideal packing of its trials."""
     from mlflow.tracking import MlflowClient
 
@@ -152,7 +152,8 @@ def run_sweep(trials: int, root: Path, steps: int, eval_samples: int, timeout: f
     uri, name = f"sqlite:///{work / 'mlflow.db'}", f"bench-grid-{trials}"
     cmd = [sys.executable, "sweeps/kappa_by_order.py", "--orders", orders, "--kappas", kappas, "--seeds", "1",
            "--steps", str(steps), "--eval-every", str(max(1, steps // 2)), "--eval-samples", str(eval_samples), "--nfe", "1,2",
-           "--name", name, "--no-report", "--tracking-uri", uri, "--storage-path", str(work / "ray-results")]
+           "--name", name, "--no-report", "--tracking-uri", uri, "--storage-path", str(work / "ray-results"),
+           "--trial-runner", runner]
     launch = time.time()
     env = fresh_env(work)
     try:
@@ -168,15 +169,25 @@ def run_sweep(trials: int, root: Path, steps: int, eval_samples: int, timeout: f
     exp = client.get_experiment_by_name("kappa_by_order")
     parent = client.search_runs([exp.experiment_id], filter_string=f"tags.`rcgm.sweep` = '{name}' and tags.`rcgm.kind` = 'sweep'")[0]
     children = client.search_runs([exp.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
-    # A trial's own time: its MLflow run is open from Rank0's start to finish (training, evals, tracking).
-    work_s = [(c.info.end_time - c.info.start_time) / 1000.0 for c in children]
+    return {"trials": trials, "runner": parent.data.params.get("trial_runner", runner), "slots": slots, "steps": steps,
+            "launcher_wall_s": parent.data.metrics.get("sweep_wall_time_s", float("nan")),
+            **sweep_timeline(launch, wall, slots, children)}
+
+
+def sweep_timeline(launch: float, wall: float, slots: int, children) -> dict:
+    """Where a sweep's wall time went, from its MLflow child runs (each open from Rank0's start to its end)."""
+    starts = [c.info.start_time / 1000.0 for c in children]
+    ends = [c.info.end_time / 1000.0 for c in children]
+    work_s = [e - b for b, e in zip(starts, ends)]
     ideal = sum(work_s) / slots
-    inner = parent.data.metrics.get("sweep_wall_time_s", float("nan"))
+    span = max(ends) - min(starts)
     return {
-        "trials": trials, "finished": len(children), "slots": slots, "steps": steps,
-        "trial_work_s": work_s, "sum_trial_work_s": sum(work_s), "ideal_s": ideal,
+        "finished": len(children), "trial_work_s": work_s, "sum_trial_work_s": sum(work_s), "ideal_s": ideal,
         "wall_s": wall, "wall_vs_ideal": wall / ideal,
-        "launcher_wall_s": inner, "launcher_vs_ideal": inner / ideal,
+        # before: interpreter, imports, validation, ray.init, parent run, first trial process; after: table, shutdown.
+        "before_first_trial_s": min(starts) - launch, "trials_span_s": span, "span_vs_ideal": span / ideal,
+        "after_last_trial_s": launch + wall - max(ends),
+        "processes": len({c.data.tags.get("rcgm.process") for c in children}),
     }
 
 
@@ -215,10 +226,12 @@ def tables(rows: list[dict], sweeps: list[dict]) -> str:
             out.append(markdown_table(["phase", "s"], [[p, f"{s:.2f}"] for p, s in r["phases"].items()]))
     if sweeps:
         out.append("\nSweeps (sweeps/kappa_by_order.py, fresh local Ray each):\n")
-        headers = ["trials", "slots", "steps", "sum of trial times s", "ideal s", "wall s", "wall / ideal", "launcher s", "launcher / ideal"]
+        headers = ["trials", "runner", "slots", "steps", "trial processes", "sum of trial times s", "ideal s", "wall s", "wall / ideal",
+                   "before first trial s", "trials span s", "span / ideal", "after last trial s"]
         out.append(markdown_table(headers, [[
-            s["trials"], s["slots"], s["steps"], f"{s['sum_trial_work_s']:.1f}", f"{s['ideal_s']:.1f}", f"{s['wall_s']:.1f}",
-            f"{s['wall_vs_ideal']:.2f}", f"{s['launcher_wall_s']:.1f}", f"{s['launcher_vs_ideal']:.2f}",
+            s["trials"], s["runner"], s["slots"], s["steps"], s["processes"], f"{s['sum_trial_work_s']:.1f}", f"{s['ideal_s']:.1f}",
+            f"{s['wall_s']:.1f}", f"{s['wall_vs_ideal']:.2f}", f"{s['before_first_trial_s']:.1f}", f"{s['trials_span_s']:.1f}",
+            f"{s['span_vs_ideal']:.2f}", f"{s['after_last_trial_s']:.1f}",
         ] for s in sweeps]))
     return "\n".join(out)
 
@@ -230,7 +243,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=None, help="trial steps (default 3000; 300 with --quick)")
     parser.add_argument("--repeats", type=int, default=None, help="repeats per path, interleaved (default 2; 1 with --quick)")
     parser.add_argument("--paths", default=",".join(PATHS), help="comma-separated subset of: " + ", ".join(PATHS))
-    parser.add_argument("--grids", default=None, help="sweep sizes, comma-separated from 2,4,8; '' for none (default 2,4,8; 2,4 with --quick)")
+    parser.add_argument("--grids", default=None, help="sweep sizes, comma-separated from 2,4,8,16; '' for none (default 2,4,8; 2,4 with --quick)")
+    parser.add_argument("--runners", default="auto", help="sweep trial runners to compare, comma-separated from auto,train (default auto)")
     parser.add_argument("--sweep-steps", type=int, default=None, help="steps per sweep trial (default 2000; 300 with --quick)")
     parser.add_argument("--timeout", type=float, default=900, help="seconds allowed per child process (default %(default)s)")
     parser.add_argument("--attempts", type=int, default=3, help="tries per run: a failed run (e.g. a Ray killed from outside) is rerun (default %(default)s)")
@@ -247,9 +261,11 @@ def main(argv=None) -> int:
     paths = [p for p in args.paths.split(",") if p]
     grids_text = args.grids if args.grids is not None else ("2,4" if args.quick else "2,4,8")
     grids = [int(g) for g in grids_text.split(",") if g.strip()]
-    bad = [p for p in paths if p not in PATHS] + [str(g) for g in grids if g not in GRIDS]
+    runners = [r for r in args.runners.split(",") if r]
+    bad = [p for p in paths if p not in PATHS] + [str(g) for g in grids if g not in GRIDS] + [r for r in runners if r not in ("auto", "train")]
     if bad:
-        print(f"error: unknown path or grid {bad[0]!r}; paths: {', '.join(PATHS)}; grids: {', '.join(map(str, GRIDS))}", file=sys.stderr)
+        print(f"error: unknown path, grid or runner {bad[0]!r}; paths: {', '.join(PATHS)}; grids: {', '.join(map(str, GRIDS))}; "
+              "runners: auto, train", file=sys.stderr)
         return 2
     sweep_steps = args.sweep_steps or (300 if args.quick else 2000)
     info = machine_info("cpu")
@@ -261,8 +277,10 @@ def main(argv=None) -> int:
             runs.append(with_retries(key, args.attempts, run_trial, key, root, steps, eval_every, eval_samples, rep, args.timeout))
     sweeps = []
     for trials in grids:
-        print(f"sweep: {trials} trials x {sweep_steps} steps ...", file=sys.stderr, flush=True)
-        sweeps.append(with_retries(f"sweep {trials}", args.attempts, run_sweep, trials, root, sweep_steps, 300 if args.quick else 1000, args.timeout))
+        for runner in runners:  # side by side, so both runners see the same load
+            print(f"sweep: {trials} trials x {sweep_steps} steps, runner {runner} ...", file=sys.stderr, flush=True)
+            sweeps.append(with_retries(f"sweep {trials}", args.attempts, run_sweep, trials, root, sweep_steps,
+                                       300 if args.quick else 1000, args.timeout, runner))
     info["load_avg_after"] = [round(x, 2) for x in os.getloadavg()]
     rows = median_rows(runs)
     print(f"\nPlatform cost ({describe(info)}; load after {info['load_avg_after']})")
@@ -271,8 +289,9 @@ def main(argv=None) -> int:
     print(tables(rows, sweeps))
     print("\nstart-up: process launch to the first step's start. stepping: 1 / median step time (compute only). "
           "steady: steps / time from the first to the last step (evaluations, reports, checkpoints included). "
-          "ideal: sum of trial times (MLflow run start to end) / concurrent slots; launcher: the parent run's sweep_wall_time_s "
-          "(from Ray start to the end, without interpreter start, imports and validation).")
+          "ideal: sum of trial times (MLflow run start to end) / concurrent slots; before first trial: launch to the first MLflow "
+          "child run (interpreter, imports, validation, ray.init, the first trial process); trials span: first child start to "
+          "last child end; after last trial: the rest (table, shutdown). trial processes: distinct rcgm.process tags.")
     if args.out:
         with open(args.out, "w") as fh:
             json.dump({"benchmark": "platform_cost", "machine": info, "trial_steps": steps, "eval_every": eval_every,

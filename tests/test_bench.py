@@ -10,7 +10,7 @@ import torch
 
 from bench import objective as bench_objective
 from bench.memory import SavedActivations
-from bench.platform_cost import summarize_trial
+from bench.platform_cost import summarize_trial, sweep_timeline
 from bench.steptimer import ENV as EVENTS_ENV, load_events
 from tests.conftest import run_cli
 
@@ -118,3 +118,21 @@ def test_step_timer_reaches_the_plain_training_loop(tmp_path):
     summary = summarize_trial(load_events(events), launch, time.time())
     assert summary["steps"] == 12 and summary["startup_s"] > 0 and summary["steady_steps_per_s"] > 0
     assert "trainer_init_start (lead) -> trainer_init_end (lead)" in summary["phases"]
+
+
+def _child_run(start: float, end: float, process: str):
+    """The two fields of an MLflow Run that sweep_timeline reads (times in ms, like MLflow's)."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(info=SimpleNamespace(start_time=start * 1000, end_time=end * 1000),
+                           data=SimpleNamespace(tags={"rcgm.process": process}))
+
+
+def test_sweep_timeline_splits_the_wall_time():
+    # Two slots, three trials of 10 s: a perfect packing would take 15 s; this sweep took 40 s.
+    kids = [_child_run(1010, 1020, "h:1"), _child_run(1012, 1022, "h:2"), _child_run(1021, 1031, "h:1")]
+    got = sweep_timeline(launch=1000.0, wall=40.0, slots=2, children=kids)
+    assert got["ideal_s"] == pytest.approx(15.0) and got["wall_vs_ideal"] == pytest.approx(40 / 15)
+    assert got["before_first_trial_s"] == pytest.approx(10.0) and got["after_last_trial_s"] == pytest.approx(9.0)
+    assert got["trials_span_s"] == pytest.approx(21.0) and got["span_vs_ideal"] == pytest.approx(21 / 15)
+    assert got["processes"] == 2 and got["finished"] == 3
