@@ -44,7 +44,8 @@ def parse_list(text: str, kind, flag: str) -> tuple:
 def parse_args(argv=None) -> argparse.Namespace:
     """The main job's command line."""
     parser = argparse.ArgumentParser(prog="sweeps/kappa_by_order.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", choices=sorted(GRIDS), default="default", help="named grid size (default %(default)s): " + "; ".join(f"{k}: {v.about}" for k, v in GRIDS.items()))
+    parser.add_argument("--size", choices=sorted(GRIDS), default=None,
+                        help="named grid size (default: 'mnist' for image tasks, else 'default'): " + "; ".join(f"{k}: {v.about}" for k, v in GRIDS.items()))
     parser.add_argument("--smoke", action="store_true", help="same as --size smoke")
     parser.add_argument("--orders", default=None, help="comma-separated orders N (default: the size's)")
     parser.add_argument("--kappas", default=None, help="comma-separated kappas in [0, 1] (default: the size's)")
@@ -55,9 +56,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def default_size(task: str | None) -> str:
+    """The size a bare `--task` gets: image tasks need the small-DiT settings, not 34 trials of 10k steps."""
+    from trainables.data import IMAGE_TASKS
+
+    return "mnist" if task in IMAGE_TASKS else "default"
+
+
 def plan_from_args(args: argparse.Namespace) -> SweepPlan:
     """Merge the named size with the flags into a validated plan."""
-    size_name = "smoke" if args.smoke else args.size
+    size_name = "smoke" if args.smoke else (args.size or default_size(args.task))
     size = GRIDS[size_name]
     given = {k: v for k, v in vars(args).items() if v is not None}
     values = trial_values_from_args(argparse.Namespace(**given), skip=GRID_FIELDS)

@@ -194,3 +194,17 @@ def test_optuna_search_with_asha(sqlite_uri, tmp_path):
 
     study = optuna.load_study(study_name="search", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
     assert len(study.trials) == 3  # the study is stored where optuna-dashboard can open it
+
+
+@pytest.mark.parametrize("flags,name,trials,model", [
+    (["--task", "mnist"], "mnist", 8, "DiT-XS/4"),      # a bare image task gets the image size
+    (["--task", "moons"], "moons-default", 34, "mlp"),
+    (["--task", "mnist", "--size", "smoke", "--model", "DiT-XS/4"], "mnist-smoke", 4, "DiT-XS/4"),
+])
+def test_dry_run_picks_the_size_for_the_task(flags, name, trials, model):
+    import json
+
+    proc = run_cli([SCRIPT, *flags, "--dry-run"], timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    plan = json.loads(proc.stdout)
+    assert (plan["name"], plan["trials"], plan["base"]["model"]) == (name, trials, model)
