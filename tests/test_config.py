@@ -15,7 +15,7 @@ BAD = [
     ("order", -1), ("order", 2.5), ("order", True), ("kappa", 1.5), ("kappa", -0.01), ("kappa", math.nan),
     ("delta_t", 0.0), ("delta_t", 1.0), ("clip", 0.0), ("task", "cifar100"), ("model", "resnet"),
     ("model", "DiT-T/4"), ("objective", "sCM"), ("placement", "middle"), ("time_schedule", "cosine"),
-    ("flow_fraction", 1.5), ("guidance", 0.5), ("lr", 0.0), ("batch_size", 0), ("steps", 0),
+    ("flow_fraction", 1.5), ("guidance", 0.5), ("lr", 0.0), ("lr_schedule", "linear"), ("batch_size", 0), ("steps", 0),
     ("eval_every", 0), ("nfe", (0,)), ("nfe", ()), ("sample_style", "euler"), ("image_metric", "is"),
     ("workers", 0), ("gpus_per_worker", -1), ("cpus_per_worker", 0), ("collapse_after", 2.0),
 ]

@@ -14,6 +14,7 @@ from trainables.rcgm.errors import ConfigError
 OBJECTIVES = ("rcgm", "meanflow")
 PLACEMENTS = ("equal", "random")
 SAMPLE_STYLES = ("few", "any", "mul")
+LR_SCHEDULES = ("constant", "cosine")
 IMAGE_METRICS = ("fd", "fid")
 # Default model per kind of task, so `--task mnist` alone is a working trial.
 # Latents: patch 2 fits any even latent grid (VAE f8 32x32, the tiny encoder's 14x14, 28x28 pixels).
@@ -49,6 +50,7 @@ class TrialConfig:
     guidance: float = 0.0
     label_dropout: float = 0.1
     lr: float = 1e-3
+    lr_schedule: str = "constant"
     batch_size: int = 256
     steps: int = 10_000
     grad_clip: float = 0.0
@@ -99,6 +101,7 @@ class TrialConfig:
             raise ConfigError("guidance", self.guidance, "0 for the unconditional point task " + repr(self.task))
         check_real("label_dropout", self.label_dropout, 0.0, 1.0, high_open=True)
         check_real("lr", self.lr, 0.0, _INF, low_open=True)
+        check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         check_int("batch_size", self.batch_size, 1)
         check_int("steps", self.steps, 1)
         check_real("grad_clip", self.grad_clip, 0.0, _INF)
@@ -189,6 +192,9 @@ class TrialConfig:
             "eval_every": self.eval_every, "eval_samples": self.eval_samples,
             "grad_clip": self.grad_clip, "data_seed": self.data_seed,
         }
+        if self.lr_schedule != "constant":
+            # Logged only when set: sweeps from before this option resume with the same params.
+            params["lr_schedule"] = self.lr_schedule
         if self.kind != "points":
             params["label_dropout"] = self.label_dropout
             params["image_metric"] = self.image_metric

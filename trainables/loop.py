@@ -18,6 +18,16 @@ from trainables.rcgm.schedules import build_time_schedule
 from trainables.rcgm.target import TargetModel
 
 
+def learning_rate(cfg: TrialConfig, step: int) -> float:
+    """The learning rate for the step after `step` completed ones.
+
+    A function of the step alone, so a resumed trial continues on the same curve.
+    """
+    if cfg.lr_schedule == "cosine":
+        return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * min(step, cfg.steps) / cfg.steps))
+    return cfg.lr
+
+
 def _generator(seed: int) -> torch.Generator:
     """A CPU generator: data and noise draws stay reproducible on any device."""
     gen = torch.Generator()
@@ -59,6 +69,8 @@ class Trainer:
         z = torch.randn(x.shape, generator=self.generator).to(self.device)
         t, r = self.schedule.sample(self.local_batch, self.generator, self.device)
         loss, _ = self.objective.loss(self.online, self.target, x, z, t, r, y=y, generator=self.generator)
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(self.cfg, self.step)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.cfg.grad_clip > 0:
