@@ -197,7 +197,7 @@ def test_optuna_search_with_asha(sqlite_uri, tmp_path):
 
 
 @pytest.mark.parametrize("flags,name,trials,model", [
-    (["--task", "mnist"], "mnist", 8, "DiT-XS/4"),      # a bare image task gets the image size
+    (["--task", "mnist"], "mnist", 4, "DiT-XS/4"),      # a bare image task gets the image size
     (["--task", "moons"], "moons-default", 34, "mlp"),
     (["--task", "mnist", "--size", "smoke", "--model", "DiT-XS/4"], "mnist-smoke", 4, "DiT-XS/4"),
 ])
