@@ -187,7 +187,8 @@ def sweep_timeline(launch: float, wall: float, slots: int, children) -> dict:
         # before: interpreter, imports, validation, ray.init, parent run, first trial process; after: table, shutdown.
         "before_first_trial_s": min(starts) - launch, "trials_span_s": span, "span_vs_ideal": span / ideal,
         "after_last_trial_s": launch + wall - max(ends),
-        "processes": len({c.data.tags.get("rcgm.process") for c in children}),
+        # Runs made before the rcgm.process tag existed say nothing: None, not 1.
+        "processes": len({c.data.tags["rcgm.process"] for c in children if "rcgm.process" in c.data.tags}) or None,
     }
 
 
@@ -229,7 +230,7 @@ def tables(rows: list[dict], sweeps: list[dict]) -> str:
         headers = ["trials", "runner", "slots", "steps", "trial processes", "sum of trial times s", "ideal s", "wall s", "wall / ideal",
                    "before first trial s", "trials span s", "span / ideal", "after last trial s"]
         out.append(markdown_table(headers, [[
-            s["trials"], s["runner"], s["slots"], s["steps"], s["processes"], f"{s['sum_trial_work_s']:.1f}", f"{s['ideal_s']:.1f}",
+            s["trials"], s["runner"], s["slots"], s["steps"], s["processes"] or "-", f"{s['sum_trial_work_s']:.1f}", f"{s['ideal_s']:.1f}",
             f"{s['wall_s']:.1f}", f"{s['wall_vs_ideal']:.2f}", f"{s['before_first_trial_s']:.1f}", f"{s['trials_span_s']:.1f}",
             f"{s['span_vs_ideal']:.2f}", f"{s['after_last_trial_s']:.1f}",
         ] for s in sweeps]))

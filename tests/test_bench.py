@@ -136,3 +136,26 @@ def test_sweep_timeline_splits_the_wall_time():
     assert got["before_first_trial_s"] == pytest.approx(10.0) and got["after_last_trial_s"] == pytest.approx(9.0)
     assert got["trials_span_s"] == pytest.approx(21.0) and got["span_vs_ideal"] == pytest.approx(21 / 15)
     assert got["processes"] == 2 and got["finished"] == 3
+
+
+def test_sweep_timeline_reads_a_real_sweep_from_mlflow(tmp_path, capsys):
+    # A parent and two children in a real SQLite store, as the launcher writes them.
+    from mlflow.tracking import MlflowClient
+
+    from bench.sweep_timeline import main as timeline_main
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("kappa_by_order")
+    parent = client.create_run(exp, tags={"rcgm.sweep": "s", "rcgm.kind": "sweep"}, start_time=1_000_000)
+    for k in range(2):
+        kid = client.create_run(exp, tags={"mlflow.parentRunId": parent.info.run_id, "rcgm.process": "h:7"},
+                                start_time=1_002_000 + 1000 * k)
+        client.set_terminated(kid.info.run_id, end_time=1_006_000 + 1000 * k)
+    client.set_terminated(parent.info.run_id, end_time=1_010_000)
+    assert timeline_main(["s", "--tracking-uri", uri, "--slots", "2"]) == 0
+    row = capsys.readouterr().out.strip().splitlines()[-1]
+    # 2 trials of 4 s on 2 slots: ideal 4 s; the parent's 10 s = 2 before + 5 span + 3 after.
+    assert row == "| 2 | 1 | 8.0 | 4.0 | 10.0 | 2.50 | 2.0 | 5.0 | 1.25 | 3.0 |"
+    with pytest.raises(SystemExit, match="no sweep 'other'"):
+        timeline_main(["other", "--tracking-uri", uri])
