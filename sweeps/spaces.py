@@ -35,7 +35,7 @@ GRIDS = {
         about="2 orders x 2 kappas, 300 steps: an end-to-end check in about a minute",
     ),
     # 10k steps of batch 64 is where DiT-XS/4 starts drawing recognisable 1-NFE digits on CPU;
-    # 1.5k steps gave strokes (docs/results.md). Deeper/wider DiTs were slower per fd gained here.
+    # 1.5k steps of batch 32 gave strokes (docs/results.md).
     "mnist": GridSize(
         orders=(1, 2), kappas=(0.9, 0.999), seeds=(0,),
         trial=dict(task="mnist", model="DiT-XS/4", steps=10_000, eval_every=2500, checkpoint_every=2500, eval_samples=500,
