@@ -23,7 +23,7 @@ HELP = {
     "guidance": "training-time guidance strength (class-conditional image and latent tasks), >= 0",
     "label_dropout": "fraction of labels dropped to the null class, in [0, 1)",
     "lr": "Adam learning rate",
-    "lr_schedule": "constant, or cosine (from lr down to 0 at the last step; smoother final samples on images)",
+    "lr_schedule": "constant, or cosine (from lr down to 0 at the last step)",
     "batch_size": "global batch size (split over workers)",
     "steps": "optimizer steps",
     "grad_clip": "gradient-norm clip (0 = off)",
