@@ -26,6 +26,7 @@ from pathlib import Path
 
 from bench.machine import REPO_ROOT, describe, machine_info, markdown_table
 from bench.steptimer import ENV as EVENTS_ENV, load_events
+from bench.sweep_timeline import read_sweep, sweep_timeline
 
 # key -> (label, child mode, extra flags; {db} and {store} are filled per run)
 PATHS = {
@@ -145,8 +146,6 @@ def median_rows(runs: list[dict]) -> list[dict]:
 
 def run_sweep(trials: int, root: Path, steps: int, eval_samples: int, timeout: float, runner: str = "auto") -> dict:
     """One kappa_by_order grid of `trials` trials; wall time against the ideal packing of its trials."""
-    from mlflow.tracking import MlflowClient
-
     orders, kappas = GRIDS[trials]
     work = Path(tempfile.mkdtemp(prefix=f"sweep{trials}-", dir=root))
     uri, name = f"sqlite:///{work / 'mlflow.db'}", f"bench-grid-{trials}"
@@ -165,31 +164,10 @@ def run_sweep(trials: int, root: Path, steps: int, eval_samples: int, timeout: f
         raise RuntimeError(f"sweep of {trials} failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     found = re.search(r"(\d+) trials, (\d+) at a time", proc.stdout)
     slots = int(found.group(2)) if found else 1
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name("kappa_by_order")
-    parent = client.search_runs([exp.experiment_id], filter_string=f"tags.`rcgm.sweep` = '{name}' and tags.`rcgm.kind` = 'sweep'")[0]
-    children = client.search_runs([exp.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    parent, children = read_sweep(uri, "kappa_by_order", name)
     return {"trials": trials, "runner": parent.data.params.get("trial_runner", runner), "slots": slots, "steps": steps,
             "launcher_wall_s": parent.data.metrics.get("sweep_wall_time_s", float("nan")),
             **sweep_timeline(launch, wall, slots, children)}
-
-
-def sweep_timeline(launch: float, wall: float, slots: int, children) -> dict:
-    """Where a sweep's wall time went, from its MLflow child runs (each open from Rank0's start to its end)."""
-    starts = [c.info.start_time / 1000.0 for c in children]
-    ends = [c.info.end_time / 1000.0 for c in children]
-    work_s = [e - b for b, e in zip(starts, ends)]
-    ideal = sum(work_s) / slots
-    span = max(ends) - min(starts)
-    return {
-        "finished": len(children), "trial_work_s": work_s, "sum_trial_work_s": sum(work_s), "ideal_s": ideal,
-        "wall_s": wall, "wall_vs_ideal": wall / ideal,
-        # before: interpreter, imports, validation, ray.init, parent run, first trial process; after: table, shutdown.
-        "before_first_trial_s": min(starts) - launch, "trials_span_s": span, "span_vs_ideal": span / ideal,
-        "after_last_trial_s": launch + wall - max(ends),
-        # Runs made before the rcgm.process tag existed say nothing: None, not 1.
-        "processes": len({c.data.tags["rcgm.process"] for c in children if "rcgm.process" in c.data.tags}) or None,
-    }
 
 
 def with_retries(what: str, attempts: int, fn, *args):

@@ -13,7 +13,6 @@ import argparse
 import sys
 
 from bench.machine import markdown_table
-from bench.platform_cost import sweep_timeline
 
 
 def read_sweep(uri: str, experiment: str, sweep: str):
@@ -28,7 +27,25 @@ def read_sweep(uri: str, experiment: str, sweep: str):
         raise SystemExit(f"error: no sweep {sweep!r} in experiment {experiment!r} at {uri}: pass its --name (and --experiment)")
     parent = parents[0]
     kids = client.search_runs([exp.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
-    return parent, [k for k in kids if k.info.end_time]
+    return parent, [k for k in kids if k.info.end_time]  # a trial still running has no time yet
+
+
+def sweep_timeline(launch: float, wall: float, slots: int, children) -> dict:
+    """Where a sweep's wall time went, from its MLflow child runs (each open from Rank0's start to its end)."""
+    starts = [c.info.start_time / 1000.0 for c in children]
+    ends = [c.info.end_time / 1000.0 for c in children]
+    work_s = [e - b for b, e in zip(starts, ends)]
+    ideal = sum(work_s) / slots
+    span = max(ends) - min(starts)
+    return {
+        "finished": len(children), "trial_work_s": work_s, "sum_trial_work_s": sum(work_s), "ideal_s": ideal,
+        "wall_s": wall, "wall_vs_ideal": wall / ideal,
+        # before: interpreter, imports, validation, ray.init, parent run, first trial process; after: table, shutdown.
+        "before_first_trial_s": min(starts) - launch, "trials_span_s": span, "span_vs_ideal": span / ideal,
+        "after_last_trial_s": launch + wall - max(ends),
+        # Runs made before the rcgm.process tag existed say nothing: None, not 1.
+        "processes": len({c.data.tags["rcgm.process"] for c in children if "rcgm.process" in c.data.tags}) or None,
+    }
 
 
 def main(argv=None) -> int:

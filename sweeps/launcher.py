@@ -240,11 +240,11 @@ def build_tuner(plan: SweepPlan, parent_run_id: str):
     limit = concurrency(plan)
     # Inline trials retry through Tune (from their last Tune checkpoint); TorchTrainers retry themselves.
     failures = tune.FailureConfig(max_failures=2 if plan.inline else 0)
-    # Inline trials keep their process for the next trial (reuse_actors): a fresh one would import
-    # torch, Ray Tune and MLflow again, seconds per trial on small CPUs (docs/benchmarks.md).
     run_config = tune.RunConfig(name=plan.name, storage_path=plan.storage_path, verbose=1, failure_config=failures)
     if plan.search == "grid":
         print(f"sweep {plan.name!r}: {len(plan.cells)} trials, {limit} at a time", flush=True)
+        # Inline trials keep their process for the next trial (reuse_actors; the Optuna config does
+        # the same): a fresh one would import torch, Ray Tune and MLflow again (docs/benchmarks.md).
         tune_config = tune.TuneConfig(max_concurrent_trials=limit, reuse_actors=plan.inline)
         return tune.Tuner(trainable, param_space=_grid_cell_space(plan, parent_run_id), tune_config=tune_config, run_config=run_config)
     from sweeps.optuna_search import optuna_tune_config, optuna_param_space

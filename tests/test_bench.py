@@ -10,7 +10,8 @@ import torch
 
 from bench import objective as bench_objective
 from bench.memory import SavedActivations
-from bench.platform_cost import summarize_trial, sweep_timeline
+from bench.platform_cost import summarize_trial
+from bench.sweep_timeline import sweep_timeline
 from bench.steptimer import ENV as EVENTS_ENV, load_events
 from tests.conftest import run_cli
 
