@@ -89,7 +89,10 @@ def test_smoke_sweep_end_to_end(runner, sqlite_uri, tmp_path):
 def test_killed_driver_resumes_without_duplicates(sqlite_uri, tmp_path):
     ray_tmp = f"/tmp/rcgm-resume-{os.getpid()}"
     env = {**os.environ, "RAY_TMPDIR": ray_tmp}
-    args = [PYTHON, SCRIPT, "--smoke", "--steps", "600", "--eval-every", "200", "--name", "resume-me", "--no-report",
+    # Trials long enough (several seconds each, even in reused processes) that the kill after the
+    # first finished trial lands while the others still run.
+    steps = 4000
+    args = [PYTHON, SCRIPT, "--smoke", "--steps", str(steps), "--eval-every", "500", "--name", "resume-me", "--no-report",
             "--tracking-uri", sqlite_uri, "--storage-path", str(tmp_path / "ray")]
     MlflowClient(sqlite_uri).search_experiments()  # create the schema first: two processes migrating one SQLite file race
     first = subprocess.Popen(args, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -100,7 +103,7 @@ def test_killed_driver_resumes_without_duplicates(sqlite_uri, tmp_path):
             if any(k.data.tags.get("status") == "finished" for k in kids):
                 break
             assert first.poll() is None, "the sweep ended before it could be killed"
-            time.sleep(2)
+            time.sleep(0.5)
         else:
             pytest.fail("no trial finished in time")
     finally:
@@ -118,7 +121,7 @@ def test_killed_driver_resumes_without_duplicates(sqlite_uri, tmp_path):
     keys = [k.data.tags["rcgm.trial_key"] for k in kids]
     assert len(keys) == 4 and len(set(keys)) == 4  # one child run per cell, no duplicates
     assert all(k.data.tags["status"] == "finished" for k in kids)
-    assert all(k.data.metrics["final_step"] == 600 for k in kids)
+    assert all(k.data.metrics["final_step"] == steps for k in kids)
 
 
 def test_ray_job_submit_against_a_started_head(sqlite_uri, tmp_path):
