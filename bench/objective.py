@@ -71,7 +71,7 @@ class Setup:
 
     def __post_init__(self):
         from trainables.models import build_model
-        from trainables.rcgm.objective import build_objective
+        from trainables.rcgm.registry import build_objective
         from trainables.rcgm.schedules import build_time_schedule
         from trainables.rcgm.target import TargetModel
 

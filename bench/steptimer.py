@@ -113,7 +113,7 @@ def install() -> bool:
     _wrap(Rank0, "evaluate", "eval_start", "eval_end")
     import trainables.checkpointing as checkpointing
 
-    # run_loop imports save_state when it runs, so patching the module attribute is enough.
+    # run_loop calls checkpointing.save_state through the module, so patching the attribute is enough.
     checkpointing.save_state = _timed_function(checkpointing.save_state, "save_start", "save_end")
     atexit.register(flush)
     flush()

@@ -50,7 +50,7 @@ def sweep_timeline(launch: float, wall: float, slots: int, children) -> dict:
 
 def main(argv=None) -> int:
     """Print the sweep's packing table (the same columns as bench.platform_cost's sweeps)."""
-    from trainables.tracking import default_tracking_uri
+    from trainables.locations import default_tracking_uri
 
     parser = argparse.ArgumentParser(prog="python -m bench.sweep_timeline", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

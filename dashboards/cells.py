@@ -167,13 +167,3 @@ def _pooled(table: pa.Table, groups: dict[tuple, list[int]]) -> list[str]:
             pooled.append(name[len("params."):])
     return pooled
 
-
-def grid_rows(grid: Grid) -> list[dict]:
-    """One plain dict per cell (for the report's number tables), rows then columns."""
-    out = []
-    for (order, kappa), cell in sorted(grid.cells.items(),
-                                       key=lambda kv: (kv[0][0], -1 if kv[0][1] is None else kv[0][1])):
-        out.append({"order": order, "kappa": "any" if kappa is None else kappa,
-                    "mean": cell.mean, "std": cell.std, "n": cell.n, "trials": cell.total,
-                    "excluded": ", ".join(cell.notes()) or ""})
-    return out

@@ -17,10 +17,10 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from dashboards import columns as C
+from trainables import locations
 from dashboards.errors import (DashboardError, ExperimentNotFound, MissingMetricsWarning,
                                NoTrialRuns, SweepNotFound, TrackingStoreNotFound)
 
-DEFAULT_TRACKING_URI = "sqlite:///runs/mlflow.db"
 PAGE_SIZE = 1000
 _PARENT_TAG = "mlflow.parentRunId"
 
@@ -51,8 +51,8 @@ class Collection:
 
 
 def default_tracking_uri() -> str:
-    """The URI used when none is given: $MLFLOW_TRACKING_URI, else the local SQLite store."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    """The URI used when none is given: the sweeps' own ($MLFLOW_TRACKING_URI, else SQLite under runs/)."""
+    return locations.default_tracking_uri()
 
 
 def check_store(tracking_uri: str) -> None:
@@ -158,8 +158,7 @@ def _typed_params(runs) -> dict[str, pa.DataType]:
     types = {}
     for name in names:
         values = [r.data.params.get(name) for r in runs]
-        types[name] = C.PARAM_TYPES.get(name) or (
-            pa.float64() if name.startswith("time_schedule.") else C.infer_param_type(values))
+        types[name] = C.param_type(name) or C.infer_param_type(values)
     return types
 
 
@@ -347,9 +346,8 @@ def collect_history(tracking_uri: str, table: pa.Table, keys: list[str] | None =
 
 
 def default_out_dir(label: str) -> Path:
-    """runs/reports/<label>/ with the label made safe for a folder name."""
-    safe = "".join(ch if ch.isalnum() or ch in "-_.+" else "_" for ch in label)
-    return Path("runs") / "reports" / safe
+    """runs/reports/<label>/, where the sweeps write a sweep's report too."""
+    return locations.reports_dir(label)
 
 
 def write_parquet(table: pa.Table, out_dir: str | os.PathLike, name: str = "trials.parquet") -> Path:
@@ -367,8 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--experiment", default="kappa_by_order", help="MLflow experiment name")
     ap.add_argument("--sweep", action="append", help="sweep name (repeatable)")
     ap.add_argument("--parent-run-id", action="append", help="sweep parent run id (repeatable)")
-    ap.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI or "
-                    + DEFAULT_TRACKING_URI)
+    ap.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI, else SQLite under runs/")
     ap.add_argument("--out", default=None, help="output folder (default runs/reports/<sweep>/)")
     args = ap.parse_args(argv)
     try:

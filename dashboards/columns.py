@@ -7,25 +7,31 @@ import re
 
 import pyarrow as pa
 
+from trainables.config import param_types
+from trainables.status import FROM_MLFLOW_RUN_STATUS, UNHEALTHY as _UNHEALTHY
+
 # Statuses that mean "this trial's number says nothing about the config": excluded from means.
-UNHEALTHY = ("diverged", "collapsed", "failed")
+UNHEALTHY = tuple(sorted(str(s) for s in _UNHEALTHY))
 
 # MLflow run status -> our status, for trials that died before tagging `status` themselves.
-MLFLOW_STATUS = {"FINISHED": "finished", "FAILED": "failed", "RUNNING": "running",
-                 "KILLED": "stopped", "SCHEDULED": "running"}
+MLFLOW_STATUS = {k: str(v) for k, v in FROM_MLFLOW_RUN_STATUS.items()}
 
 # Metric keys per docs/design.md: `<family>_<k>nfe` (with steps) and `best_<family>_<k>nfe`.
 _NFE_KEY = re.compile(r"^(?P<family>[A-Za-z0-9]+(?:_[A-Za-z0-9]+)*?)_(?P<nfe>\d+)nfe$")
 
-# Known param types; any other param is typed by what all its values parse as.
-PARAM_TYPES: dict[str, pa.DataType] = {
-    "task": pa.string(), "model": pa.string(), "objective": pa.string(),
-    "order": pa.int64(), "kappa": pa.float64(), "delta_t": pa.float64(),
-    "clip": pa.float64(), "placement": pa.string(), "time_schedule": pa.string(),
-    "flow_fraction": pa.float64(), "guidance": pa.float64(), "lr": pa.float64(),
-    "batch_size": pa.int64(), "steps": pa.int64(), "seed": pa.int64(), "nfe": pa.string(),
-    "sample_style": pa.string(), "workers": pa.int64(), "gpus_per_worker": pa.float64(),
-}
+# Param types from the trial settings' declarations (trainables.config); any other param is typed
+# by what all its values parse as. A name ending in "." types every param under that prefix.
+_ARROW = {int: pa.int64(), float: pa.float64(), str: pa.string()}
+PARAM_TYPES: dict[str, pa.DataType] = {name: _ARROW[kind] for name, kind in param_types().items()}
+
+
+def param_type(name: str) -> pa.DataType | None:
+    """The declared type of an MLflow param (time_schedule.a is a float), or None for an undeclared one."""
+    if name in PARAM_TYPES:
+        return PARAM_TYPES[name]
+    prefix = name.split(".", 1)[0] + "."
+    return PARAM_TYPES.get(prefix) if "." in name else None
+
 
 # Params that identify a repetition or the hardware, not the config: cells pool over them.
 REPLICATE_PARAMS = ("seed", "workers", "gpus_per_worker")

@@ -23,11 +23,6 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 NOT_SEARCHED = {C.param_col(p) for p in C.REPLICATE_PARAMS}
 
 
-def is_optuna(table: pa.Table) -> bool:
-    """True when the trials belong to a sweep whose parent is tagged rcgm.search=optuna."""
-    return "optuna" in set(table.column("search").to_pylist())
-
-
 def objective_column(table: pa.Table, parent_tags: dict | None = None) -> tuple[str | None, str]:
     """(column, direction): from the parent's rcgm.metric / rcgm.mode tags, else the default."""
     tags = parent_tags or {}

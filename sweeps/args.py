@@ -16,5 +16,7 @@ def add_sweep_arguments(parser: argparse.ArgumentParser, experiment: str) -> Non
     group.add_argument("--max-concurrent", type=int, default=None, help="at most this many trials at once (default: what the CPUs/GPUs fit)")
     group.add_argument("--no-report", action="store_true", help="skip the dashboards report at the end")
     group.add_argument("--dry-run", action="store_true", help="validate and print the plan, start nothing")
+    group.add_argument("--verbose", action="store_true", help="Ray's and Tune's own output (start-up lines, trial "
+                       "tables, trial processes' logs) instead of the compact progress view")
     group.add_argument("--trial-runner", default="auto", help="inline: a trial runs in its Tune process (fast start); train: a Ray Train "
                        "TorchTrainer per trial; auto (default): inline for one-worker trials, train for DDP")

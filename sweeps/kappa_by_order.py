@@ -20,17 +20,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sweeps.args import add_sweep_arguments  # noqa: E402
-from sweeps.launcher import EXIT_BAD_INPUT, SweepPlan, run_sweep, validate  # noqa: E402
+from sweeps.launcher import EXIT_BAD_INPUT, GRID_FLAGS, SweepPlan, run_sweep, validate  # noqa: E402
 from sweeps.spaces import GRIDS, grid_cells  # noqa: E402
 from trainables.cli import add_trial_arguments, trial_values_from_args  # noqa: E402
-from trainables.config import TrialConfig  # noqa: E402
+from trainables.data.catalog import IMAGE_TASKS  # noqa: E402
+from trainables.locations import default_storage_path, default_tracking_uri  # noqa: E402
+from trainables.preflight import BAD_INPUT  # noqa: E402
 from trainables.rcgm.errors import ConfigError  # noqa: E402
-from trainables.data import DatasetUnavailable  # noqa: E402
-from trainables.metrics.frechet import FIDUnavailable  # noqa: E402
-from trainables.tracking import TrackingUnavailable, default_tracking_uri  # noqa: E402
-from trainables.trial import default_storage_path  # noqa: E402
 
-GRID_FIELDS = ("order", "kappa", "seed")
+GRID_FIELDS = tuple(GRID_FLAGS)
 
 
 def parse_list(text: str, kind, flag: str) -> tuple:
@@ -38,7 +36,7 @@ def parse_list(text: str, kind, flag: str) -> tuple:
     try:
         return tuple(kind(part) for part in str(text).split(",") if part.strip())
     except ValueError:
-        raise ConfigError(flag, text, f"comma-separated {kind.__name__} values") from None
+        raise ConfigError(flag, text, f"comma-separated {kind.__name__} values", flag="--" + flag) from None
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -58,41 +56,46 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def default_size(task: str | None) -> str:
     """The size a bare `--task` gets: image tasks need the small-DiT settings, not 34 trials of 10k steps."""
-    from trainables.data import IMAGE_TASKS
-
     return "mnist" if task in IMAGE_TASKS else "default"
 
 
+def parse_seeds(text: str | None, default: tuple[int, ...]) -> tuple[int, ...]:
+    """--seeds: a count (3 = seeds 0, 1, 2) or a list with a comma (0,5); the size's seeds when unset."""
+    if text is None:
+        return default
+    if "," in text:
+        return parse_list(text, int, "seeds")
+    count = parse_list(text, int, "seeds")
+    if len(count) != 1 or count[0] < 1:
+        raise ConfigError("seeds", text, "a count >= 1 (3 = seeds 0,1,2) or a comma-separated list (0,5)", flag="--seeds")
+    return tuple(range(count[0]))
+
+
 def plan_from_args(args: argparse.Namespace) -> SweepPlan:
-    """Merge the named size with the flags into a validated plan."""
+    """Merge the named size with the flags into a plan (validated by the launcher before Ray starts)."""
     size_name = "smoke" if args.smoke else (args.size or default_size(args.task))
     size = GRIDS[size_name]
-    given = {k: v for k, v in vars(args).items() if v is not None}
-    values = trial_values_from_args(argparse.Namespace(**given), skip=GRID_FIELDS)
     # Two 1-CPU trials plus their tiny Tune drivers must fit on two cores.
-    base_values = {"cpus_per_worker": 0.99, **size.trial, **values}
-    base = TrialConfig.from_dict(base_values)
+    values = {"cpus_per_worker": 0.99, **size.trial, **trial_values_from_args(args, skip=GRID_FIELDS)}
     orders = parse_list(args.orders, int, "orders") if args.orders else size.orders
     kappas = parse_list(args.kappas, float, "kappas") if args.kappas else size.kappas
-    if args.seeds is None:
-        seeds = size.seeds
-    elif "," in args.seeds:
-        seeds = parse_list(args.seeds, int, "seeds")
-    else:
-        seeds = tuple(range(parse_list(args.seeds, int, "seeds")[0]))
-    if not orders or not kappas or not seeds:
-        raise ConfigError("seeds" if not seeds else ("orders" if not orders else "kappas"), "", "at least one value")
-    name = args.name or (size_name if size_name == base.task else f"{base.task_label}-{size_name}")
-    settings = {
+    seeds = parse_seeds(args.seeds, size.seeds)
+    for flag, given in (("orders", orders), ("kappas", kappas), ("seeds", seeds)):
+        if not given:
+            raise ConfigError(flag, getattr(args, flag), "at least one value", flag="--" + flag)
+    plan = SweepPlan(
+        name="", experiment=args.experiment, tracking_uri=args.tracking_uri or default_tracking_uri(),
+        storage_path=args.storage_path or default_storage_path(), values=values, search="grid",
+        cells=grid_cells(orders, kappas, seeds), max_concurrent=args.max_concurrent, address=args.address,
+        report=not args.no_report, runner=args.trial_runner, verbose=args.verbose,
+    )
+    base = plan.base
+    plan.name = args.name or (size_name if size_name == base.task else f"{base.task_label}-{size_name}")
+    plan.settings = {
         "orders": ",".join(map(str, orders)), "kappas": ",".join(f"{k:g}" for k in kappas),
         "seeds": ",".join(map(str, seeds)), **{k: v for k, v in base.tracking_params().items() if k not in GRID_FIELDS},
     }
-    return SweepPlan(
-        name=name, experiment=args.experiment, tracking_uri=args.tracking_uri or default_tracking_uri(),
-        storage_path=args.storage_path or default_storage_path(), base=base, search="grid",
-        cells=grid_cells(orders, kappas, seeds), max_concurrent=args.max_concurrent, address=args.address,
-        report=not args.no_report, settings=settings, runner=args.trial_runner,
-    )
+    return plan
 
 
 def main(argv=None) -> int:
@@ -105,7 +108,7 @@ def main(argv=None) -> int:
             print(json.dumps({"name": plan.name, "trials": len(plan.cells), "cells": plan.cells, "base": plan.base.to_dict(),
                               "tracking_uri": plan.tracking_uri, "storage_path": plan.storage_path}, indent=2))
             return 0
-    except (ConfigError, TrackingUnavailable, DatasetUnavailable, FIDUnavailable) as err:
+    except BAD_INPUT as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     return run_sweep(plan)

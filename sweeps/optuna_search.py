@@ -10,8 +10,11 @@ def optuna_param_space(space: dict) -> dict:
     return {name: (tune.loguniform(low, high) if log else tune.uniform(low, high)) for name, (low, high, log) in space.items()}
 
 
-def optuna_tune_config(plan, max_concurrent: int):
-    """TuneConfig with a seeded TPE sampler (study kept in a database) and ASHA on the training step."""
+def optuna_tune_config(plan, max_concurrent: int, naming: dict):
+    """TuneConfig with a seeded TPE sampler (study kept in a database) and ASHA on the training step.
+
+    naming: Tune's trial_name_creator / trial_dirname_creator, as for grids.
+    """
     import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -26,4 +29,4 @@ def optuna_tune_config(plan, max_concurrent: int):
     scheduler = ASHAScheduler(time_attr="step", metric=metric, mode="min", max_t=plan.base.steps,
                               grace_period=max(plan.base.eval_every, plan.base.steps // 4), reduction_factor=2)
     return tune.TuneConfig(search_alg=search, scheduler=scheduler, num_samples=plan.num_samples, max_concurrent_trials=max_concurrent,
-                           reuse_actors=plan.inline)
+                           reuse_actors=plan.inline, **naming)

@@ -17,13 +17,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # see kappa_by_order.py
 
 from sweeps.args import add_sweep_arguments  # noqa: E402
-from sweeps.launcher import EXIT_BAD_INPUT, SweepPlan, run_sweep  # noqa: E402
+from sweeps.launcher import EXIT_BAD_INPUT, SweepPlan, run_sweep, validate  # noqa: E402
 from sweeps.spaces import SEARCHES  # noqa: E402
 from trainables.cli import add_trial_arguments, trial_values_from_args  # noqa: E402
-from trainables.config import TrialConfig  # noqa: E402
+from trainables.locations import default_optuna_storage, default_storage_path, default_tracking_uri, runs_dir  # noqa: E402
+from trainables.preflight import BAD_INPUT  # noqa: E402
 from trainables.rcgm.errors import ConfigError  # noqa: E402
-from trainables.tracking import default_tracking_uri, runs_dir  # noqa: E402
-from trainables.trial import default_storage_path  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -38,25 +37,24 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def plan_from_args(args: argparse.Namespace) -> SweepPlan:
-    """The named space with the flags on top; searched parameters cannot also be fixed by flags."""
+    """The named space with the flags on top (validated by the launcher before Ray starts)."""
     space = SEARCHES[args.space]
     if args.samples < 1:
-        raise ConfigError("samples", args.samples, "an integer >= 1")
-    given = {k: v for k, v in vars(args).items() if v is not None}
-    values = trial_values_from_args(argparse.Namespace(**given))
-    base = TrialConfig.from_dict({"cpus_per_worker": 0.99, "order": 2, "kappa": 0.999, **space.trial, **values})
-    # Every report must carry the metric ASHA and TPE compare on.
-    base = base.replace(checkpoint_every=base.eval_every)
-    name = args.name or f"{base.task_label}-{args.space}-N{base.order}-k{base.kappa:g}"
-    runs_dir().mkdir(parents=True, exist_ok=True)  # Optuna's SQLite file needs its folder
-    settings = {"space": args.space, "samples": args.samples, **base.tracking_params()}
-    return SweepPlan(
-        name=name, experiment=args.experiment, tracking_uri=args.tracking_uri or default_tracking_uri(),
-        storage_path=args.storage_path or default_storage_path(), base=base, search="optuna",
+        raise ConfigError("samples", args.samples, "an integer >= 1", flag="--samples")
+    values = {"cpus_per_worker": 0.99, "order": 2, "kappa": 0.999, **space.trial, **trial_values_from_args(args)}
+    # Every report must carry the metric ASHA and TPE compare on: checkpoints only with evaluations (0 = auto).
+    values["checkpoint_every"] = 0
+    plan = SweepPlan(
+        name="", experiment=args.experiment, tracking_uri=args.tracking_uri or default_tracking_uri(),
+        storage_path=args.storage_path or default_storage_path(), values=values, search="optuna",
         space=dict(space.params), num_samples=args.samples, max_concurrent=args.max_concurrent,
-        address=args.address, report=not args.no_report, settings=settings, runner=args.trial_runner,
-        optuna_storage=args.optuna_storage or f"sqlite:///{runs_dir() / 'optuna.db'}",
+        address=args.address, report=not args.no_report, runner=args.trial_runner, verbose=args.verbose,
+        optuna_storage=args.optuna_storage or default_optuna_storage(),
     )
+    base = plan.base
+    plan.name = args.name or f"{base.task_label}-{args.space}-N{base.order}-k{base.kappa:g}"
+    plan.settings = {"space": args.space, "samples": args.samples, **base.tracking_params()}
+    return plan
 
 
 def main(argv=None) -> int:
@@ -64,12 +62,14 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         plan = plan_from_args(args)
-    except ConfigError as err:
+        if args.dry_run:
+            validate(plan)
+            print(plan)
+            return 0
+    except BAD_INPUT as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    if args.dry_run:
-        print(plan)
-        return 0
+    runs_dir().mkdir(parents=True, exist_ok=True)  # Optuna's SQLite file needs its folder
     return run_sweep(plan)
 
 

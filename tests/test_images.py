@@ -104,13 +104,19 @@ def test_image_folder_reader(tmp_path):
     assert y.tolist() == [0, 0, 0, 1, 1, 1] and int(x[3].float().mean()) == 200
 
 
-def test_cache_dir_anchored_to_repo_not_cwd(tmp_path, monkeypatch):
-    # Ray workers run in per-trial directories: a cwd-relative cache would be rebuilt per trial.
-    monkeypatch.delenv("RCGM_CACHE_DIR", raising=False)
-    monkeypatch.delenv("RCGM_DATA_DIR", raising=False)
-    monkeypatch.chdir(tmp_path)
-    repo = images.Path(images.__file__).resolve().parents[2]
-    assert images.cache_dir() == repo / "runs" / ".cache"
-    assert images.data_root() == repo / "runs" / ".cache" / "data"
-    monkeypatch.setenv("RCGM_CACHE_DIR", str(tmp_path))
-    assert images.data_root() == tmp_path / "data"
+def test_the_catalog_knows_each_bundled_tasks_held_out_size():
+    # TrialConfig's eval_samples=auto is capped by these, before any data is read.
+    from trainables.data.catalog import IMAGE_HELD_OUT
+
+    for name in ("mnist", "digits"):
+        assert len(load_task(name).ref_x) == IMAGE_HELD_OUT[name]
+
+
+def test_image_tasks_are_loaded_once_per_process_and_never_written():
+    # The preflight and every trial of a reused Tune process share one copy (MNIST takes ~1.7 s to read).
+    task = load_task("digits")
+    assert load_task("digits", seed=3) is task
+    x, _ = task.sample(4, torch.Generator().manual_seed(0))
+    before = task.train_x.clone()
+    x.add_(5.0)
+    assert torch.equal(task.train_x, before)

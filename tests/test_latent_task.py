@@ -14,7 +14,7 @@ from trainables.data.build_latents import build
 from trainables.data.latents import LatentShards, LatentWriter
 from trainables.preflight import check_trial_inputs
 from trainables.rcgm.errors import ConfigError
-from trainables.tracking import ensure_experiment
+from trainables.tracking import TrialTracking, ensure_experiment
 from trainables.trial import build_torch_trainer
 
 
@@ -114,7 +114,7 @@ def test_two_worker_ray_trial_on_latents_logs_fld(local_ray, shard_dir, sqlite_u
                       eval_every=30, eval_samples=100, nfe=(1,), lr=2e-3, workers=2, cpus_per_worker=0.9)
     assert (cfg.kind, cfg.metric_names()) == ("latents", ["fld_1nfe"])
     check_trial_inputs(cfg)
-    tracking = {"uri": sqlite_uri, "experiment": "t", "trial_key": "latents", "run_name": "latents"}
+    tracking = TrialTracking(sqlite_uri, "t", trial_key="latents", run_name="latents")
     result = build_torch_trainer(cfg, tracking, name="train-latents", storage_path=str(tmp_path / "ray")).fit()
     assert result.metrics["status"] == "finished" and result.metrics["step"] == 60
     client = MlflowClient(sqlite_uri)

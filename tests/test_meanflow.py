@@ -3,7 +3,10 @@
 import torch
 
 from trainables.models.mlp import VelocityMLP
-from trainables.rcgm import MeanFlowObjective, RCGMObjective, TargetModel, build_objective
+from trainables.rcgm.meanflow import MeanFlowObjective
+from trainables.rcgm.objective import RCGMObjective
+from trainables.rcgm.registry import build_objective
+from trainables.rcgm.target import TargetModel
 
 
 def setup(seed=0, n=128):

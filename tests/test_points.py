@@ -12,7 +12,7 @@ from trainables.data.points import POOL_SIZE, PointTask
 from trainables.metrics import MMD_DESCRIPTION, mmd2
 from trainables.models import build_model
 from trainables.models.mlp import VelocityMLP
-from trainables.rcgm import ConfigError
+from trainables.rcgm.errors import ConfigError
 
 TASKS = ("moons", "8gaussians", "checkerboard", "swissroll")
 

@@ -5,7 +5,8 @@ import torch
 
 from oracle import GaussianOracle, OracleModel
 from trainables.models.mlp import VelocityMLP
-from trainables.rcgm import ConfigError, sample
+from trainables.rcgm.errors import ConfigError
+from trainables.rcgm.sampling import sample
 
 
 class Recorder(torch.nn.Module):

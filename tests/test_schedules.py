@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from trainables.rcgm import SCHEDULES, ConfigError, build_time_schedule
+from trainables.rcgm.errors import ConfigError
+from trainables.rcgm.schedules import SCHEDULES, build_time_schedule
 
 N = 40000
 

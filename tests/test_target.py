@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from trainables.rcgm import ConfigError, TargetModel
-from trainables.rcgm.target import next_decay
+from trainables.rcgm.errors import ConfigError
+from trainables.rcgm.target import TargetModel, next_decay
 
 
 def net(seed=0):

@@ -8,7 +8,10 @@ import torch
 from trainables.data import load_task
 from trainables.metrics import mmd2
 from trainables.models import build_model
-from trainables.rcgm import TargetModel, build_objective, build_time_schedule, sample
+from trainables.rcgm.registry import build_objective
+from trainables.rcgm.sampling import sample
+from trainables.rcgm.schedules import build_time_schedule
+from trainables.rcgm.target import TargetModel
 
 STEPS = 2000
 

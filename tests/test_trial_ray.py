@@ -7,7 +7,7 @@ from mlflow.tracking import MlflowClient
 
 from conftest import keep_artifact, run_cli
 from trainables.config import TrialConfig
-from trainables.tracking import ensure_experiment, ensure_parent_run, find_run
+from trainables.tracking import TrialTracking, ensure_experiment, find_run, open_sweep_run
 from trainables.trial import build_torch_trainer
 
 SMALL = dict(task="moons", order=2, kappa=0.99, batch_size=128, eval_samples=300, nfe=(1, 2, 4), lr=1e-3, cpus_per_worker=0.9)
@@ -15,7 +15,7 @@ SMALL = dict(task="moons", order=2, kappa=0.99, batch_size=128, eval_samples=300
 
 def _fit(cfg, uri, key, tmp_path, parent=None, hooks=None):
     """Fit one trial and return its MLflow run."""
-    tracking = {"uri": uri, "experiment": "t", "trial_key": key, "run_name": key, "parent_run_id": parent, "sweep": "s"}
+    tracking = TrialTracking(uri, "t", trial_key=key, run_name=key, parent_run_id=parent, sweep="s")
     trainer = build_torch_trainer(cfg, tracking, name=f"train-{key}", storage_path=str(tmp_path / "ray"), test_hooks=hooks)
     result = trainer.fit()
     client = MlflowClient(uri)
@@ -25,7 +25,7 @@ def _fit(cfg, uri, key, tmp_path, parent=None, hooks=None):
 
 def test_two_worker_trial_is_tracked_under_its_parent(local_ray, sqlite_uri, tmp_path):
     cfg = TrialConfig(**SMALL, steps=400, eval_every=200, workers=2)
-    parent, created = ensure_parent_run(sqlite_uri, "t", "s", params={"orders": "2"}, tags={})
+    parent, created = open_sweep_run(sqlite_uri, "t", "s", settings={"orders": "2"}, tags={})
     assert created
     result, runs = _fit(cfg, sqlite_uri, "two-workers", tmp_path, parent=parent)
     assert len(runs) == 1

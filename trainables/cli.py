@@ -1,45 +1,12 @@
-"""Command-line flags for every TrialConfig field, shared by the one-trial CLI and the sweeps."""
+"""Command-line flags for every TrialConfig field, derived from its declaration (shared by every entry point)."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 
-from trainables.config import TrialConfig
+from trainables.config import declarations, field_type
 from trainables.rcgm.errors import ConfigError
-
-HELP = {
-    "task": "dataset: moons, 8gaussians, checkerboard, swissroll (points); mnist, digits, mnist-full, cifar10 (images); latents:<folder> (latent shards from trainables.data.build_latents)",
-    "model": "'auto' (mlp for points, DiT-T/4 for images, DiT-T/2 for latents), mlp, or DiT-XS/4 ... DiT-XL/2",
-    "objective": "rcgm (the N-th order recursive objective) or meanflow (JVP baseline)",
-    "order": "RCGM order N >= 0 (0 = flow matching, 1 = consistency/MeanFlow-like, >= 2 higher order)",
-    "kappa": "target-model EMA decay in [0, 1]: 0 = the online model, 1 = frozen initial copy",
-    "delta_t": "length of the Euler first segment, in (0, 1)",
-    "clip": "clip of the consistency residual xi, > 0",
-    "placement": "intermediate points: equal (reference code) or random (hierarchical)",
-    "time_schedule": "(t, r) sampling: uniform, beta, logit_normal",
-    "time_params": "schedule parameters as k=v pairs, e.g. a=0.8,b=1,scale=1",
-    "flow_fraction": "fraction of each batch with r = t (flow-matching samples), in [0, 1]",
-    "guidance": "training-time guidance strength (class-conditional image and latent tasks), >= 0",
-    "label_dropout": "fraction of labels dropped to the null class, in [0, 1)",
-    "lr": "Adam learning rate",
-    "lr_schedule": "constant, or cosine (from lr down to 0 at the last step)",
-    "batch_size": "global batch size (split over workers)",
-    "steps": "optimizer steps",
-    "grad_clip": "gradient-norm clip (0 = off)",
-    "seed": "training seed (init, batches, noise)",
-    "data_seed": "seed of the dataset pools and the evaluation set",
-    "eval_every": "evaluate (samples, metrics, picture) every this many steps",
-    "eval_samples": "samples per NFE for the metric (0 = 2000 for points, 500 for images and latents)",
-    "nfe": "comma-separated numbers of function evaluations to sample with, e.g. 1,2,4",
-    "sample_style": "multi-step sampling: few (re-noise), any (jump to next time), mul (Euler)",
-    "image_metric": "image metric: fd (offline digit-classifier features) or fid (Inception weights)",
-    "checkpoint_every": "checkpoint every this many steps (0 = with every evaluation)",
-    "collapse_after": "fraction of steps after which no-better-than-noise samples end the trial as collapsed",
-    "workers": "Ray Train workers per trial (DDP)",
-    "gpus_per_worker": "GPUs per worker (0 = CPU)",
-    "cpus_per_worker": "CPUs per worker",
-}
 
 
 def parse_nfe(text: str) -> tuple[int, ...]:
@@ -47,7 +14,7 @@ def parse_nfe(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(part) for part in str(text).split(",") if part.strip())
     except ValueError:
-        raise ConfigError("nfe", text, "comma-separated integers >= 1, e.g. 1,2,4") from None
+        raise ConfigError("nfe", text, "comma-separated integers >= 1, e.g. 1,2,4", flag="--nfe") from None
 
 
 def parse_time_params(text: str) -> dict[str, float]:
@@ -60,45 +27,66 @@ def parse_time_params(text: str) -> dict[str, float]:
         except ValueError:
             sep = ""
         if not sep:
-            raise ConfigError("time_params", text, "k=v pairs with numeric values, e.g. a=0.8,b=1")
+            raise ConfigError("time_params", text, "k=v pairs with numeric values, e.g. a=0.8,b=1", flag="--time-params")
     return out
 
 
-def add_trial_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...] = (), defaults: TrialConfig | None = None,
-                        unset: bool = False) -> None:
-    """Add a --flag per TrialConfig field (except skip), defaulting to defaults' values.
+# Fields whose flag takes text that is parsed into the field's value.
+PARSERS = {tuple: parse_nfe, dict: parse_time_params}
 
-    With unset=True every flag defaults to None, so a caller can layer a named size under the flags.
+
+def flag_text(value) -> str:
+    """A field value as its flag would spell it (for defaults shown in --help)."""
+    if isinstance(value, tuple):
+        return ",".join(map(str, value))
+    if isinstance(value, dict):
+        return ",".join(f"{k}={v}" for k, v in value.items())
+    return str(value)
+
+
+def help_text(f: dataclasses.Field, default) -> str:
+    """A flag's help: the declaration's help, what it accepts, and its default."""
+    meta = f.metadata
+    parts = [meta["help"]]
+    if meta["accepts"] is not None and f.name != "model":
+        parts.append(f"({meta['accepts'].describe()})")
+    if default is not None:
+        shown = meta["auto"] if meta["auto"] and default == f.default else flag_text(default)
+        parts.append(f"[default {shown or 'none'}]")
+    elif meta["auto"]:
+        parts.append(f"[default {meta['auto']}]")
+    return " ".join(parts).replace("%", "%%")
+
+
+def add_trial_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...] = (), defaults: dict | None = None,
+                        unset: bool = False) -> None:
+    """Add a --flag per TrialConfig field (except skip).
+
+    Each flag defaults to the field's declared default (its 'auto' placeholder, never a value
+    resolved for another task), or to defaults[name] where an entry point sets its own. With
+    unset=True every flag defaults to None, so a caller can layer a named size under the flags.
     """
-    defaults = defaults or TrialConfig()
+    defaults = defaults or {}
     group = parser.add_argument_group("trial settings")
-    for f in dataclasses.fields(TrialConfig):
-        if f.name in skip:
+    for name, f in declarations().items():
+        if name in skip:
             continue
-        flag = "--" + f.name.replace("_", "-")
-        value = getattr(defaults, f.name)
-        shown = "" if unset else " (default %(default)s)"
-        if f.name == "nfe":
-            default = ",".join(map(str, value))
-            kind = str
-        elif f.name == "time_params":
-            default = ",".join(f"{k}={v}" for k, v in value.items())
-            kind = str
-        else:
-            default, kind = value, type(value)
-        group.add_argument(flag, type=kind, default=None if unset else default, help=HELP[f.name] + shown)
+        default = defaults.get(name, f.default if f.default is not dataclasses.MISSING else f.default_factory())
+        kind = field_type(f)
+        parse = PARSERS.get(kind, kind)
+        shown_default = None if unset else default
+        arg_default = None if unset or default is None else (flag_text(default) if kind in PARSERS else default)
+        group.add_argument("--" + name.replace("_", "-"), type=str if kind in PARSERS else parse, default=arg_default,
+                           help=help_text(f, shown_default if not unset else None), metavar=name.upper())
 
 
 def trial_values_from_args(args: argparse.Namespace, skip: tuple[str, ...] = ()) -> dict:
-    """The TrialConfig fields set by add_trial_arguments, parsed into config values."""
+    """The TrialConfig fields set on the command line (None = not set), parsed into config values."""
     values = {}
-    for f in dataclasses.fields(TrialConfig):
-        if f.name in skip or not hasattr(args, f.name):
+    for name, f in declarations().items():
+        if name in skip or getattr(args, name, None) is None:
             continue
-        value = getattr(args, f.name)
-        if f.name == "nfe":
-            value = parse_nfe(value)
-        elif f.name == "time_params":
-            value = parse_time_params(value)
-        values[f.name] = value
+        value = getattr(args, name)
+        parse = PARSERS.get(field_type(f))
+        values[name] = parse(value) if parse and isinstance(value, str) else value
     return values

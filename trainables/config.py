@@ -1,142 +1,189 @@
-"""TrialConfig: one validated object describing a trial, checked once before Ray starts."""
+"""TrialConfig: every trial setting declared once, beside its field, and checked once before Ray starts.
+
+A field's declaration carries its default, its help text, what it accepts (a range object; for
+the method's settings the same object the method layer checks with, `trainables.rcgm.ranges`)
+and when it is logged as an MLflow param. The command-line flags (`trainables.cli`), the MLflow
+params (`tracking_params`) and the dashboards' column types (`param_types`) are derived from it:
+a new setting is one new field here. This module imports no torch (the dashboards read it);
+the checks that need the method layer's code (time schedules, guidance) import it when run.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import typing
 from dataclasses import dataclass, field
+from enum import Enum
 
-from trainables.data import LATENT_PREFIX, POINT_TASKS, TASK_NAMES, is_latent_task
+from trainables.data.catalog import IMAGE_HELD_OUT, LATENT_PREFIX, TASK_NAMES, is_latent_task, task_kind
 from trainables.models import MODEL_NAMES
-from trainables.rcgm.checks import check_choice, check_int, check_real
+from trainables.rcgm import ranges
+from trainables.rcgm.checks import Choice, IntRange, RealRange
 from trainables.rcgm.errors import ConfigError
 
-OBJECTIVES = ("rcgm", "meanflow")
-PLACEMENTS = ("equal", "random")
-SAMPLE_STYLES = ("few", "any", "mul")
-LR_SCHEDULES = ("constant", "cosine")
-IMAGE_METRICS = ("fd", "fid")
 # Default model per kind of task, so `--task mnist` alone is a working trial.
 # Latents: patch 2 fits any even latent grid (VAE f8 32x32, the tiny encoder's 14x14, 28x28 pixels).
 DEFAULT_MODEL = {"points": "mlp", "images": "DiT-T/4", "latents": "DiT-T/2"}
-# Default evaluation set per kind (0 = auto): the bundled MNIST holds out 500 images, and a
-# latent folder of its 4500 training digits holds out 562 rows.
+# Default evaluation set per kind (0 = auto), capped at an image task's held-out split: the bundled
+# MNIST holds out 500 images, digits 300; a latent folder of MNIST's 4500 training digits, 562 rows.
 DEFAULT_EVAL_SAMPLES = {"points": 2000, "images": 500, "latents": 500}
 
 
-_INF = float("inf")
+class Track(Enum):
+    """When a setting is logged as an MLflow param (and so compared when a sweep resumes)."""
+
+    ALWAYS = "always"
+    UNLESS_DEFAULT = "unless default"  # added after sweeps existed: old sweeps resume with the same params
+    LABELLED = "labelled tasks"  # image and latent tasks only: point tasks have no labels
+    PER_KEY = "per key"  # a dict logged as `<param>.<key>` per entry (time_schedule.a, ...)
+    NEVER = "never"  # changes how a trial runs, not what it computes
 
 
-def _is_int(value) -> bool:
-    """True for real integers (bools are refused: order=True is a typo, not 1)."""
-    return isinstance(value, int) and not isinstance(value, bool)
+def setting(default, help: str, *, accepts=None, track: Track = Track.ALWAYS, param: str | None = None,
+            auto: str | None = None):
+    """A TrialConfig field with its declaration: default, help, accepted values, MLflow param policy.
+
+    accepts: a range object (`.check(field, value)`, `.describe()`), or None when __post_init__
+    checks the field with the method layer's code (named in the help). auto: what the default
+    means when it is a placeholder resolved per task ('auto', 0, None). param: the MLflow param
+    name when it differs from the field's.
+    """
+    meta = {"help": help, "accepts": accepts, "track": track, "param": param, "auto": auto}
+    if isinstance(default, dict):
+        return field(default_factory=lambda: dict(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+POSITIVE = RealRange(0.0, math.inf, low_open=True)
+NON_NEGATIVE = RealRange(0.0, math.inf)
 
 
 @dataclass(frozen=True)
 class TrialConfig:
     """Everything that defines one trial; field names are the MLflow param names."""
 
-    task: str = "moons"
-    model: str = "auto"
-    objective: str = "rcgm"
-    order: int = 2
-    kappa: float = 0.999
-    delta_t: float = 0.01
-    clip: float = 1.0
-    placement: str = "equal"
-    time_schedule: str = "uniform"
-    time_params: dict = field(default_factory=dict)
-    flow_fraction: float = 0.0
-    guidance: float = 0.0
-    label_dropout: float = 0.1
-    lr: float = 1e-3
-    lr_schedule: str = "constant"
-    batch_size: int = 256
-    steps: int = 10_000
-    grad_clip: float = 0.0
-    seed: int = 0
-    data_seed: int = 0
-    eval_every: int = 1000
-    eval_samples: int = 0
-    nfe: tuple = (1, 2, 4)
-    sample_style: str = "few"
-    image_metric: str = "fd"
-    checkpoint_every: int = 0
-    collapse_after: float = 0.25
-    workers: int = 1
-    gpus_per_worker: float = 0.0
-    cpus_per_worker: float = 1.0
+    task: str = setting("moons", "dataset: " + ", ".join(TASK_NAMES) + f", or {LATENT_PREFIX}<folder> (shards from "
+                        "python -m trainables.data.build_latents)")
+    model: str = setting("auto", "mlp for points, or DiT-XS/4 ... DiT-XL/2", accepts=Choice(("auto", *MODEL_NAMES)),
+                         auto="auto: " + ", ".join(f"{m} for {k}" for k, m in DEFAULT_MODEL.items()))
+    objective: str = setting("rcgm", "rcgm (the N-th order recursive objective) or meanflow (JVP baseline)",
+                             accepts=ranges.OBJECTIVE)
+    order: int = setting(2, "RCGM order N (0 = flow matching, 1 = consistency/MeanFlow-like, >= 2 higher order)",
+                         accepts=ranges.ORDER)
+    kappa: float = setting(0.999, "target-model EMA decay: 0 = the online model, 1 = frozen initial copy",
+                           accepts=ranges.KAPPA)
+    delta_t: float = setting(0.01, "length of the Euler first segment", accepts=ranges.DELTA_T)
+    clip: float = setting(1.0, "clip of the consistency residual xi (inf = no clipping)", accepts=ranges.CLIP)
+    placement: str = setting("equal", "intermediate points: equal (reference code) or random (hierarchical)",
+                             accepts=ranges.PLACEMENT)
+    time_schedule: str = setting("uniform", "(t, r) sampling: uniform, beta, logit_normal (checked with its "
+                                 "parameters by trainables.rcgm.schedules)")
+    time_params: dict = setting({}, "schedule parameters as k=v pairs, e.g. a=0.8,b=1,scale=1 (beta), "
+                                "mu=-0.4,sigma=1 (logit_normal)", track=Track.PER_KEY, param="time_schedule")
+    flow_fraction: float = setting(0.0, "fraction of each batch with r = t (flow-matching samples)",
+                                   accepts=ranges.FLOW_FRACTION)
+    guidance: float = setting(0.0, "training-time guidance strength (class-conditional tasks only)",
+                              accepts=ranges.GUIDANCE)
+    label_dropout: float | None = setting(None, "fraction of labels dropped to the null class",
+                                          accepts=ranges.LABEL_DROPOUT, track=Track.LABELLED,
+                                          auto="auto: 0.1 with guidance, else 0 (the objective's default)")
+    lr: float = setting(1e-3, "Adam learning rate", accepts=POSITIVE)
+    lr_schedule: str = setting("constant", "constant, or cosine (from lr down to 0 at the last step)",
+                               accepts=Choice(("constant", "cosine")), track=Track.UNLESS_DEFAULT)
+    batch_size: int = setting(256, "global batch size (split over workers)", accepts=IntRange(1))
+    steps: int = setting(10_000, "optimizer steps", accepts=IntRange(1))
+    grad_clip: float = setting(0.0, "gradient-norm clip (0 = off)", accepts=NON_NEGATIVE)
+    seed: int = setting(0, "training seed (init, batches, noise)", accepts=IntRange(0))
+    data_seed: int = setting(0, "seed of the dataset pools and the evaluation set", accepts=IntRange(0))
+    eval_every: int = setting(1000, "evaluate (samples, metrics, picture) every this many steps", accepts=IntRange(1))
+    eval_samples: int = setting(0, "samples per NFE for the metric", accepts=IntRange(0),
+                                auto="0 = auto: 2000 for points, 500 for images and latents (at most the held-out split)")
+    nfe: tuple = setting((1, 2, 4), "comma-separated numbers of function evaluations to sample with, e.g. 1,2,4",
+                         accepts=ranges.NFE)
+    sample_style: str = setting("few", "multi-step sampling: few (re-noise), any (jump to next time), mul (Euler)",
+                                accepts=ranges.SAMPLE_STYLE)
+    image_metric: str = setting("fd", "image metric: fd (offline digit-classifier features) or fid (Inception weights)",
+                                accepts=Choice(("fd", "fid")), track=Track.LABELLED)
+    checkpoint_every: int = setting(0, "checkpoint every this many steps", accepts=IntRange(0), track=Track.NEVER,
+                                    auto="0 = with every evaluation")
+    collapse_after: float = setting(0.25, "fraction of steps after which no-better-than-noise samples end the trial "
+                                    "as collapsed", accepts=RealRange(0.0, 1.0), track=Track.UNLESS_DEFAULT)
+    workers: int = setting(1, "Ray Train workers per trial (DDP)", accepts=IntRange(1))
+    gpus_per_worker: float = setting(0.0, "GPUs per worker (0 = CPU)", accepts=NON_NEGATIVE)
+    # Resources, not results: Ray records the placement; NEVER keeps old sweeps resumable.
+    cpus_per_worker: float = setting(1.0, "CPUs per worker (also its torch threads)", accepts=POSITIVE, track=Track.NEVER)
 
     def __post_init__(self):
-        """Validate every field; replace derived defaults ('auto' model, checkpoint_every)."""
-        if is_latent_task(self.task):
-            folder = self.task[len(LATENT_PREFIX):]
-            if not folder.strip():
-                raise ConfigError("task", self.task, f"{LATENT_PREFIX}<folder written by trainables.data.build_latents>")
-            # Absolute: Ray workers run in per-trial directories, where a relative path would miss.
-            object.__setattr__(self, "task", LATENT_PREFIX + os.path.abspath(os.path.expanduser(folder)))
-        elif self.task not in TASK_NAMES:
-            raise ConfigError("task", self.task, "one of " + ", ".join(TASK_NAMES) + f" or {LATENT_PREFIX}<folder>")
+        """Check every field with its declared range and the method layer; resolve 'auto' values."""
+        try:
+            self._check()
+        except ConfigError as err:
+            raise with_flag(err) from None
+
+    def _check(self) -> None:
+        """The checks themselves (errors carry no flag yet; __post_init__ adds it)."""
+        self._check_task()
+        for f in dataclasses.fields(self):
+            accepts = f.metadata["accepts"]
+            value = getattr(self, f.name)
+            if accepts is None or value is None:
+                continue
+            if f.name == "nfe":
+                self._set("nfe", _nfe_tuple(value, accepts))
+            else:
+                self._set(f.name, accepts.check(f.name, value))
         kind = self.kind
         if self.model == "auto":
-            object.__setattr__(self, "model", DEFAULT_MODEL[kind])
-        if self.model not in MODEL_NAMES:
-            raise ConfigError("model", self.model, "'auto' or one of " + ", ".join(MODEL_NAMES))
+            self._set("model", DEFAULT_MODEL[kind])
         if (self.model == "mlp") != (kind == "points"):
             want = "mlp" if kind == "points" else "a DiT (e.g. DiT-T/4)"
             raise ConfigError("model", self.model, f"{want} for the {kind} task {self.task!r}")
-        check_choice("objective", self.objective, OBJECTIVES)
-        check_int("order", self.order, 0)
-        check_real("kappa", self.kappa, 0.0, 1.0)
-        check_real("delta_t", self.delta_t, 0.0, 1.0, low_open=True, high_open=True)
-        check_real("clip", self.clip, 0.0, _INF, low_open=True)
-        check_choice("placement", self.placement, PLACEMENTS)
-        check_real("flow_fraction", self.flow_fraction, 0.0, 1.0)
-        # Building the schedule validates its name and parameters in one place (the method layer).
-        from trainables.rcgm.schedules import build_time_schedule
-
-        build_time_schedule(self.time_schedule, dict(self.time_params), self.flow_fraction)
-        check_real("guidance", self.guidance, 0.0, _INF)
-        if self.guidance > 0 and kind == "points":
-            raise ConfigError("guidance", self.guidance, "0 for the unconditional point task " + repr(self.task))
-        check_real("label_dropout", self.label_dropout, 0.0, 1.0, high_open=True)
-        check_real("lr", self.lr, 0.0, _INF, low_open=True)
-        check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
-        check_int("batch_size", self.batch_size, 1)
-        check_int("steps", self.steps, 1)
-        check_real("grad_clip", self.grad_clip, 0.0, _INF)
-        check_int("seed", self.seed, 0)
-        check_int("data_seed", self.data_seed, 0)
-        check_int("eval_every", self.eval_every, 1)
-        check_int("eval_samples", self.eval_samples, 0)
+        self._check_method()
         if self.eval_samples == 0:
-            object.__setattr__(self, "eval_samples", DEFAULT_EVAL_SAMPLES[kind])
-        check_int("eval_samples", self.eval_samples, 2)
-        nfe = tuple(self.nfe) if isinstance(self.nfe, (list, tuple)) else (self.nfe,)
-        if not nfe or not all(_is_int(k) and k >= 1 for k in nfe):
-            raise ConfigError("nfe", self.nfe, "one or more integers >= 1, e.g. 1,2,4")
-        object.__setattr__(self, "nfe", tuple(sorted(set(nfe))))
-        check_choice("sample_style", self.sample_style, SAMPLE_STYLES)
-        check_choice("image_metric", self.image_metric, IMAGE_METRICS)
-        check_int("checkpoint_every", self.checkpoint_every, 0)
+            self._set("eval_samples", min(DEFAULT_EVAL_SAMPLES[kind], IMAGE_HELD_OUT.get(self.task, math.inf)))
+        IntRange(2).check("eval_samples", self.eval_samples)
         if self.checkpoint_every == 0:
-            object.__setattr__(self, "checkpoint_every", self.eval_every)
-        check_real("collapse_after", self.collapse_after, 0.0, 1.0)
-        check_int("workers", self.workers, 1)
-        check_real("gpus_per_worker", self.gpus_per_worker, 0.0, _INF)
-        check_real("cpus_per_worker", self.cpus_per_worker, 0.0, _INF, low_open=True)
+            self._set("checkpoint_every", self.eval_every)
         if self.batch_size < self.workers:
             raise ConfigError("batch_size", self.batch_size, f">= workers ({self.workers}): the batch is split over workers")
         if self.objective == "meanflow" and self.workers > 1:
             # torch.func.jvp cannot pass through DistributedDataParallel.
             raise ConfigError("workers", self.workers, "1 with objective 'meanflow' (its JVP cannot run under DDP)")
 
+    def _check_task(self) -> None:
+        """A known task name, or a latents folder made absolute."""
+        if is_latent_task(self.task):
+            folder = self.task[len(LATENT_PREFIX):]
+            if not folder.strip():
+                raise ConfigError("task", self.task, f"{LATENT_PREFIX}<folder written by trainables.data.build_latents>")
+            # Absolute: Ray workers run in per-trial directories, where a relative path would miss.
+            self._set("task", LATENT_PREFIX + os.path.abspath(os.path.expanduser(folder)))
+        elif self.task not in TASK_NAMES:
+            raise ConfigError("task", self.task, "one of " + ", ".join(TASK_NAMES) + f" or {LATENT_PREFIX}<folder>")
+
+    def _check_method(self) -> None:
+        """The checks the method layer owns, by its own code: the time schedule, guidance and labels."""
+        from trainables.rcgm.guidance import check_guidance
+        from trainables.rcgm.schedules import build_time_schedule
+
+        if not isinstance(self.time_params, dict):
+            raise ConfigError("time_params", self.time_params, "a dict of schedule parameters, e.g. {'a': 0.8}")
+        build_time_schedule(self.time_schedule, dict(self.time_params), self.flow_fraction)
+        # Image and latent tasks are class-conditional unless a latent folder has no labels: preflight
+        # checks that case with the folder's metadata (trainables.preflight).
+        _, dropout = check_guidance(self.guidance, self.label_dropout, conditional=self.kind != "points")
+        self._set("label_dropout", dropout)
+
+    def _set(self, name: str, value) -> None:
+        """Replace a field's value during validation (the dataclass is frozen)."""
+        object.__setattr__(self, name, value)
+
     @property
     def kind(self) -> str:
         """'points', 'images' or 'latents'."""
-        if is_latent_task(self.task):
-            return "latents"
-        return "points" if self.task in POINT_TASKS else "images"
+        return task_kind(self.task)
 
     @property
     def metric_family(self) -> str:
@@ -171,33 +218,73 @@ class TrialConfig:
         if unknown:
             raise ConfigError(unknown[0], values[unknown[0]], "a known trial setting: " + ", ".join(sorted(known)))
         values = dict(values)
-        if "nfe" in values:
-            values["nfe"] = tuple(values["nfe"]) if isinstance(values["nfe"], (list, tuple)) else values["nfe"]
+        if isinstance(values.get("nfe"), list):
+            values["nfe"] = tuple(values["nfe"])
         return cls(**values)
 
-    def replace(self, **changes) -> "TrialConfig":
-        """A copy with some fields changed, validated again."""
-        return TrialConfig.from_dict({**self.to_dict(), **changes})
-
     def tracking_params(self) -> dict[str, str]:
-        """Flat MLflow params with the architecture page's names."""
-        params = {
-            "task": self.task, "model": self.model, "objective": self.objective,
-            "order": self.order, "kappa": self.kappa, "delta_t": self.delta_t, "clip": self.clip,
-            "placement": self.placement, "time_schedule": self.time_schedule,
-            "flow_fraction": self.flow_fraction, "guidance": self.guidance, "lr": self.lr,
-            "batch_size": self.batch_size, "steps": self.steps, "seed": self.seed,
-            "nfe": ",".join(str(k) for k in self.nfe), "sample_style": self.sample_style,
-            "workers": self.workers, "gpus_per_worker": self.gpus_per_worker,
-            "eval_every": self.eval_every, "eval_samples": self.eval_samples,
-            "grad_clip": self.grad_clip, "data_seed": self.data_seed,
-        }
-        if self.lr_schedule != "constant":
-            # Logged only when set: sweeps from before this option resume with the same params.
-            params["lr_schedule"] = self.lr_schedule
-        if self.kind != "points":
-            params["label_dropout"] = self.label_dropout
-            params["image_metric"] = self.image_metric
-        for key, value in sorted(self.time_params.items()):
-            params[f"time_schedule.{key}"] = value
+        """Flat MLflow params, as each field's declaration says (architecture page names)."""
+        params = {}
+        for f in dataclasses.fields(self):
+            track, value = f.metadata["track"], getattr(self, f.name)
+            name = f.metadata["param"] or f.name
+            if track is Track.NEVER or (track is Track.LABELLED and self.kind == "points"):
+                continue
+            if track is Track.UNLESS_DEFAULT and value == f.default:
+                continue
+            if track is Track.PER_KEY:
+                params.update({f"{name}.{k}": v for k, v in sorted(value.items())})
+            else:
+                params[name] = ",".join(map(str, value)) if isinstance(value, tuple) else value
         return {k: str(v) for k, v in params.items()}
+
+
+def _nfe_tuple(value, accepts) -> tuple[int, ...]:
+    """One or more NFE counts, sorted and deduplicated."""
+    values = tuple(value) if isinstance(value, (list, tuple)) else (value,)
+    if not values:
+        raise ConfigError("nfe", value, "one or more integers >= 1, e.g. 1,2,4")
+    return tuple(sorted({accepts.check("nfe", k) for k in values}))
+
+
+def declarations() -> dict[str, dataclasses.Field]:
+    """The declared settings by field name, in declaration order."""
+    return {f.name: f for f in dataclasses.fields(TrialConfig)}
+
+
+def flag_of(name: str) -> str | None:
+    """The command-line flag that sets a field (time_schedule.<k> is set by --time-params); None if none."""
+    if name.startswith("time_schedule."):
+        return "--time-params"
+    return "--" + name.replace("_", "-") if name in declarations() else None
+
+
+def with_flag(err: ConfigError) -> ConfigError:
+    """err naming the flag of its field, when that field is a trial setting (else unchanged)."""
+    flag = flag_of(err.field)
+    return err.with_flag(flag) if flag and not err.flag else err
+
+
+def field_type(f: dataclasses.Field) -> type:
+    """The Python type a field holds (int, float, str, tuple or dict), from its annotation."""
+    hint = typing.get_type_hints(TrialConfig)[f.name]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if args else hint
+
+
+def param_types() -> dict[str, type]:
+    """MLflow param name -> Python type of its values, for every logged setting (dashboards' column types).
+
+    A PER_KEY dict gives its prefix with a trailing dot (`time_schedule.`); tuples are logged as text.
+    """
+    out = {}
+    for name, f in declarations().items():
+        track, param = f.metadata["track"], f.metadata["param"] or name
+        if track is Track.NEVER:
+            continue
+        if track is Track.PER_KEY:
+            out[param + "."] = float
+        else:
+            kind = field_type(f)
+            out[param] = str if kind is tuple else kind
+    return out

@@ -9,8 +9,8 @@ import torch
 
 from trainables.config import TrialConfig
 from trainables.rcgm.sampling import sample
+from trainables.status import Status
 
-HEALTHY, FINISHED, DIVERGED, COLLAPSED = "running", "finished", "diverged", "collapsed"
 # A metric this many times worse than the noise itself means the samples blew up.
 EXPLODE_FACTOR = 10.0
 
@@ -22,7 +22,7 @@ class Evaluation:
     step: int
     metrics: dict[str, float]
     samples: dict[int, torch.Tensor] = field(repr=False)
-    status: str = HEALTHY
+    status: Status = Status.RUNNING
     reason: str = ""
 
 
@@ -85,13 +85,13 @@ class Evaluator:
         status, reason = self.health(metrics, step)
         return Evaluation(step, metrics, samples, status, reason)
 
-    def health(self, metrics: dict[str, float], step: int) -> tuple[str, str]:
+    def health(self, metrics: dict[str, float], step: int) -> tuple[Status, str]:
         """diverged: non-finite or exploded samples; collapsed: no better than noise late on."""
         values = list(metrics.values())
         if any(not math.isfinite(v) for v in values):
-            return DIVERGED, "samples are not finite"
+            return Status.DIVERGED, "samples are not finite"
         if all(v > EXPLODE_FACTOR * self.noise_level for v in values):
-            return DIVERGED, f"metric > {EXPLODE_FACTOR:g}x the noise level {self.noise_level:.4g}"
+            return Status.DIVERGED, f"metric > {EXPLODE_FACTOR:g}x the noise level {self.noise_level:.4g}"
         if step >= self.cfg.collapse_after * self.cfg.steps and all(v >= self.noise_level for v in values):
-            return COLLAPSED, f"no better than noise ({self.noise_level:.4g}) at every NFE after step {step}"
-        return HEALTHY, ""
+            return Status.COLLAPSED, f"no better than noise ({self.noise_level:.4g}) at every NFE after step {step}"
+        return Status.RUNNING, ""

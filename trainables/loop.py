@@ -1,19 +1,15 @@
-"""The training step shared by the plain-PyTorch path and the Ray Train worker."""
+"""The training step: model, target model, optimizer and random streams of one trial on one rank."""
 
 from __future__ import annotations
 
 import math
-import shutil
-import tempfile
-import time
-from pathlib import Path
 
 import torch
 
 from trainables.config import TrialConfig
 from trainables.data import load_task
 from trainables.models import build_model
-from trainables.rcgm.objective import build_objective
+from trainables.rcgm.registry import build_objective
 from trainables.rcgm.schedules import build_time_schedule
 from trainables.rcgm.target import TargetModel
 
@@ -98,60 +94,3 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = int(state["step"])
         self.generator.set_state(state["generator"])
-
-
-def run_loop(cfg: TrialConfig, trainer: Trainer, lead, report, agree=lambda status: status, step_hook=None):
-    """Step until done or unhealthy; evaluate (lead = rank 0 only), checkpoint and report on schedule.
-
-    `report(metrics, state_dir)` is Ray's report on workers and a progress print locally;
-    `agree(status)` makes every rank adopt the worst status; returns (status, reason, None).
-    Each checkpoint folder is removed once reported (Ray keeps its own copy).
-    """
-    from trainables.checkpointing import save_state
-    from trainables.evaluation import FINISHED, HEALTHY, DIVERGED
-
-    started = time.time()
-    losses: list[float] = []
-    status, reason, state_dir = HEALTHY, "", None
-    while trainer.step < cfg.steps:
-        loss = trainer.train_step()
-        losses.append(loss)
-        step = trainer.step
-        if step_hook is not None:
-            step_hook(step)
-        if not math.isfinite(loss):
-            status, reason = DIVERGED, f"loss is not finite at step {step}"
-        last = step >= cfg.steps
-        at_eval = step % cfg.eval_every == 0 or last or status != HEALTHY
-        if not (at_eval or step % cfg.checkpoint_every == 0):
-            continue
-        finite = [v for v in losses if math.isfinite(v)]
-        metrics = {"step": step, "loss": sum(finite) / len(finite) if finite else float("nan")}
-        losses.clear()
-        if at_eval and lead is not None:
-            ev = lead.evaluate(step, metrics["loss"])
-            metrics.update(ev.metrics)
-            if status == HEALTHY and ev.status != HEALTHY:
-                status, reason = ev.status, ev.reason
-        status = agree(status)
-        done = last or status != HEALTHY
-        metrics["status"] = FINISHED if (done and status == HEALTHY) else status
-        state_dir = None
-        if lead is not None:
-            state_dir = Path(tempfile.mkdtemp(prefix="rcgm-ckpt-"))
-            save_state(state_dir, trainer.state_dict(), cfg.to_dict(), lead.evaluator.best)
-        if done and lead is not None:
-            # Close the MLflow run before the last report: a scheduler may end this process on it
-            # (ASHA stops a trial that reaches max_t as soon as it reports).
-            lead.finish(metrics["status"], reason, step, time.time() - started, state_dir)
-        report(metrics, state_dir)
-        if state_dir is not None:
-            # Ray persisted the checkpoint during report(); a DiT state is tens of MB per evaluation.
-            shutil.rmtree(state_dir, ignore_errors=True)
-        if done:
-            return metrics["status"], reason, None
-    # Only reached when no step ran: a trial resumed from its final checkpoint.
-    final = FINISHED if status == HEALTHY else status
-    if lead is not None:
-        lead.finish(final, reason, trainer.step, time.time() - started, state_dir)
-    return final, reason, state_dir

@@ -1,22 +1,40 @@
-"""Checks that need the data or the metric's weights, run before any compute starts."""
+"""Checks that need the data or the metric's weights, run by every entry point before any compute starts."""
 
 from __future__ import annotations
 
-from trainables.config import TrialConfig
+from trainables.config import TrialConfig, with_flag
 from trainables.data import load_task
+from trainables.data.catalog import DatasetUnavailable
+from trainables.metrics.frechet import FIDUnavailable
 from trainables.rcgm.errors import ConfigError
+from trainables.tracking import SweepRunConflict, TrackingUnavailable
+
+# Every error that means "the input is bad, nothing ran": entry points print it in one line and exit 2.
+BAD_INPUT = (ConfigError, TrackingUnavailable, DatasetUnavailable, FIDUnavailable, SweepRunConflict)
 
 
 def check_trial_inputs(cfg: TrialConfig) -> None:
-    """Load the dataset, check the evaluation set fits its held-out split, find FID weights.
+    """Load the dataset, check the evaluation set and labels fit it, find FID weights.
 
     A latent task reads only its folder's metadata here (a missing or malformed folder raises
     DatasetUnavailable naming the build_latents command), no latent rows.
     """
+    try:
+        _check(cfg)
+    except ConfigError as err:
+        raise with_flag(err) from None
+
+
+def _check(cfg: TrialConfig) -> None:
+    """The checks themselves (errors carry their flag once check_trial_inputs re-raises them)."""
+    from trainables.rcgm.guidance import check_guidance
+
     task = load_task(cfg.task, seed=cfg.data_seed)
     size = getattr(task, "reference_size", None)
     if size is not None and cfg.eval_samples > size:
         raise ConfigError("eval_samples", cfg.eval_samples, f"<= {size}, the held-out examples of {cfg.task!r}")
+    # TrialConfig took image and latent tasks to carry labels; a latent folder may have none.
+    check_guidance(cfg.guidance, cfg.label_dropout, conditional=task.num_classes is not None)
     if cfg.kind == "latents":
         check_latent_grid(cfg, task.shape)
     if cfg.kind == "images" and cfg.image_metric == "fid":

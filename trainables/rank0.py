@@ -10,12 +10,14 @@ from pathlib import Path
 from trainables.config import TrialConfig
 from trainables.evaluation import Evaluator
 from trainables.loop import Trainer
+from trainables.status import Status
+from trainables.tracking import TrialTracker, TrialTracking
 
 
 class Rank0:
     """Evaluation, pictures and (optionally) MLflow for one trial."""
 
-    def __init__(self, cfg: TrialConfig, trainer: Trainer, tracking: dict | None, best: dict, resumed_from: int | None):
+    def __init__(self, cfg: TrialConfig, trainer: Trainer, tracking: TrialTracking | None, best: dict, resumed_from: int | None):
         self.cfg, self.trainer = cfg, trainer
         self.evaluator = Evaluator(cfg, trainer.task, trainer.device)
         self.evaluator.best.update(best)
@@ -23,19 +25,14 @@ class Rank0:
         if tracking is not None:
             self._start_tracking(tracking, resumed_from)
         self.pictures = Path(tempfile.mkdtemp(prefix="rcgm-samples-"))
+        self.last_picture: Path | None = None
 
-    def _start_tracking(self, tracking: dict, resumed_from: int | None) -> None:
+    def _start_tracking(self, tracking: TrialTracking, resumed_from: int | None) -> None:
         """Open (or reopen) the trial's MLflow child run."""
-        from trainables.tracking import TrialTracker
-
-        self.tracker = TrialTracker(
-            tracking["uri"], tracking["experiment"], tracking["trial_key"],
-            parent_run_id=tracking.get("parent_run_id"), sweep=tracking.get("sweep"), run_name=tracking.get("run_name"),
-        )
+        self.tracker = TrialTracker(tracking)
         tags = {f"metric_definition.{self.evaluator.family}": self.evaluator.description,
                 # Which process ran the loop: with reused Tune actors one process runs several trials.
                 "rcgm.process": f"{socket.gethostname()}:{os.getpid()}"}
-        tags.update({k: str(v) for k, v in tracking.get("tags", {}).items()})
         self.tracker.start(self.cfg.tracking_params(), tags)
         if resumed_from is not None:
             self.tracker.log_metrics({"resumed_from_step": resumed_from}, resumed_from)
@@ -53,7 +50,7 @@ class Rank0:
             self.tracker.log_artifact(self.last_picture, "samples")
         return ev
 
-    def finish(self, status: str, reason: str, step: int, wall: float, state_dir: Path | None) -> None:
+    def finish(self, status: Status, reason: str, step: int, wall: float, state_dir: Path | None) -> None:
         """Log best and final values, the final checkpoint, and close the run with its status."""
         if self.tracker is None:
             return

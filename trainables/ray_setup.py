@@ -1,7 +1,8 @@
-"""Starting or joining Ray with the environment every trial worker needs."""
+"""Starting or joining Ray with the environment every trial worker needs, quiet unless asked."""
 
 from __future__ import annotations
 
+import logging
 import os
 
 # Quiet, telemetry-free workers: Train V2 otherwise tees each worker print into its logger.
@@ -11,22 +12,46 @@ WORKER_ENV = {
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "PYTHONUNBUFFERED": "1",
 }
+# Ray 2.60 warns at every start of a local cluster that token auth is on (it is: we keep it on).
+AUTH_NOTICE_LOGGER = "ray._private.authentication.authentication_token_setup"
 
 
-def init_ray(address: str | None = None, num_cpus: int | None = None):
-    """Join address / RAY_ADDRESS (a cluster, or inside `ray job submit`), else start a local Ray."""
+def quiet_driver_logs(verbose: bool) -> None:
+    """Keep Ray's, Tune's and MLflow's INFO lines (and Ray's token-auth notice) out of the sweep's console.
+
+    Call before MLflow is imported: it sets its loggers' level from MLFLOW_LOGGING_LEVEL at import.
+    A variable the user set is left as it is.
+    """
+    if not verbose:
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+        # Tune's new output engine prints its configuration box even at verbose=0; the legacy one is silent at 0.
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    level = logging.INFO if verbose else logging.WARNING
+    for name in ("ray", "mlflow"):
+        logging.getLogger(name).setLevel(level)
+    logging.getLogger(AUTH_NOTICE_LOGGER).setLevel(logging.INFO if verbose else logging.ERROR)
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None, verbose: bool = True):
+    """Join address / RAY_ADDRESS (a cluster, or inside `ray job submit`), else start a local Ray.
+
+    verbose=False keeps Ray's start-up lines out of the console and does not forward the trial
+    processes' output to this driver (trial errors still reach it through Tune).
+    """
     import ray
 
     if ray.is_initialized():
         return ray
     for key, value in WORKER_ENV.items():
         os.environ.setdefault(key, value)
+    quiet_driver_logs(verbose)
+    options = {"logging_level": logging.INFO if verbose else logging.WARNING, "log_to_driver": verbose}
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         # No runtime_env here: inside a Ray job it would replace the job's working_dir.
-        ray.init(address=address)
+        ray.init(address=address, **options)
     else:
         # A local Ray's processes inherit this process's environment, WORKER_ENV included.
         # The dashboard is what Train's state polling talks to; without it, warnings every few seconds.
-        ray.init(num_cpus=num_cpus, include_dashboard=True)
+        ray.init(num_cpus=num_cpus, include_dashboard=True, **options)
     return ray

@@ -14,13 +14,14 @@ import uuid
 
 from trainables.cli import add_trial_arguments, trial_values_from_args
 from trainables.config import TrialConfig
-from trainables.data import DatasetUnavailable
-from trainables.metrics.frechet import FIDUnavailable
-from trainables.preflight import check_trial_inputs
-from trainables.rcgm.errors import ConfigError
-from trainables.tracking import TrackingUnavailable, check_tracking_uri, default_tracking_uri, git_info
+from trainables.locations import default_tracking_uri, mlflow_ui_command
+from trainables.preflight import BAD_INPUT, check_trial_inputs
+from trainables.status import Status
+from trainables.tracking import TrialTracking, check_tracking_uri, git_info, trial_run_id
 
 EXIT_BAD_INPUT, EXIT_UNHEALTHY = 2, 3
+# The one-trial command's own defaults: a shorter trial than a sweep cell.
+RUN_DEFAULTS = {"steps": 5000, "eval_every": 1000}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -34,7 +35,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--name", default=None, help="run name; also the key that a rerun resumes (default: a fresh one)")
     parser.add_argument("--storage-path", default=None, help="Ray storage for checkpoints (default runs/ray-results)")
     parser.add_argument("--address", default=None, help="Ray address (default RAY_ADDRESS, else a local Ray)")
-    add_trial_arguments(parser, defaults=TrialConfig(steps=5000, eval_every=1000))
+    add_trial_arguments(parser, defaults=RUN_DEFAULTS)
     return parser.parse_args(argv)
 
 
@@ -44,23 +45,18 @@ def print_progress(metrics: dict, state_dir=None) -> None:
     print("  " + "  ".join(f"{k}={v}" for k, v in shown.items()), flush=True)
 
 
-def run_local(cfg: TrialConfig, tracking: dict | None) -> str:
-    """The same loop as the Ray worker, in this process; returns the trial's status."""
-    import torch
+def run_local(cfg: TrialConfig, tracking: TrialTracking | None) -> Status:
+    """The same trial runner as the Ray paths, in this process; returns the trial's status."""
+    from trainables.runner import Placement, run_trial, trial_device
 
-    from trainables.loop import Trainer, run_loop
-    from trainables.rank0 import Rank0
-
-    torch.set_num_threads(max(1, int(round(cfg.cpus_per_worker))))
-    trainer = Trainer(cfg)
-    lead = Rank0(cfg, trainer, tracking, best={}, resumed_from=None)
-    status, reason, _ = run_loop(cfg, trainer, lead, print_progress)
-    print(f"status: {status} {reason}".rstrip())
-    print(f"samples picture: {lead.last_picture}")
-    return status
+    outcome = run_trial(cfg, Placement(trial_device(cfg)), print_progress, tracking=tracking)
+    print(f"status: {outcome.status} {outcome.reason}".rstrip())
+    print(f"samples picture: {outcome.picture}")
+    return outcome.status
 
 
-def run_on_ray(cfg: TrialConfig, tracking: dict, name: str, storage_path: str | None, address: str | None) -> str:
+def run_on_ray(cfg: TrialConfig, tracking: TrialTracking | None, name: str, storage_path: str | None,
+               address: str | None) -> Status:
     """One TorchTrainer run; returns the status the workers reported last."""
     from trainables.ray_setup import init_ray
     from trainables.trial import build_torch_trainer
@@ -70,7 +66,7 @@ def run_on_ray(cfg: TrialConfig, tracking: dict, name: str, storage_path: str | 
     result = trainer.fit()
     metrics = result.metrics or {}
     print_progress({k: v for k, v in metrics.items() if k != "checkpoint_dir_name"})
-    return metrics.get("status", "failed")
+    return Status(metrics.get("status", Status.FAILED))
 
 
 def main(argv=None) -> int:
@@ -80,7 +76,7 @@ def main(argv=None) -> int:
         cfg = TrialConfig.from_dict(trial_values_from_args(args))
         uri = None if args.no_track else check_tracking_uri(args.tracking_uri or default_tracking_uri())
         check_trial_inputs(cfg)  # a missing dataset or FID weights are refused before compute
-    except (ConfigError, TrackingUnavailable, DatasetUnavailable, FIDUnavailable) as err:
+    except BAD_INPUT as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     if args.dry_run:
@@ -89,19 +85,17 @@ def main(argv=None) -> int:
     name = args.name or f"{cfg.task_label}-N{cfg.order}-k{cfg.kappa}-s{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
     tracking = None
     if uri is not None:
-        tracking = {"uri": uri, "experiment": args.experiment, "trial_key": name, "run_name": name, "tags": git_info()}
+        tracking = TrialTracking(uri, args.experiment, trial_key=name, run_name=name, tags=git_info())
     print(f"trial {name}: {cfg.task} order={cfg.order} kappa={cfg.kappa} steps={cfg.steps} ({'plain PyTorch' if args.local else 'Ray Train'})", flush=True)
     if args.local:
         status = run_local(cfg, tracking)
     else:
         status = run_on_ray(cfg, tracking, name, args.storage_path, args.address)
     if uri is not None:
-        from trainables.tracking import ensure_experiment, find_run
-
-        run_id = find_run(uri, ensure_experiment(uri, args.experiment), {"rcgm.trial_key": name})
+        run_id = trial_run_id(uri, args.experiment, name)
         print(f"MLflow: experiment {args.experiment!r}, run {run_id} (status {status})")
-        print(f"open the UI: mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite") else f"open the UI: {uri}")
-    return 0 if status == "finished" else EXIT_UNHEALTHY
+        print(f"open the UI: {mlflow_ui_command(uri)}")
+    return 0 if status == Status.FINISHED else EXIT_UNHEALTHY
 
 
 if __name__ == "__main__":

@@ -1,16 +1,24 @@
-"""MLflow tracking: a parent run per sweep, a child run per trial, written from rank 0 only."""
+"""MLflow tracking: every MLflow write of a sweep and its trials (a parent run per sweep, a child run per trial).
+
+Trials write from rank 0 only. The MLflow client is imported inside the functions that use it,
+so the sweep drivers and the dashboards can import this module cheaply.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from trainables.locations import REPO_ROOT
+from trainables.status import Status
+
 TRIAL_KEY_TAG = "rcgm.trial_key"
 PACKAGES = ("torch", "ray", "mlflow", "timm", "optuna", "rcgm-sweeps")
 
@@ -19,14 +27,25 @@ class TrackingUnavailable(RuntimeError):
     """The tracking URI cannot be used; the message says what to change."""
 
 
-def runs_dir() -> Path:
-    """Where the embedded default keeps its SQLite store, artifacts, checkpoints and reports."""
-    return Path(os.environ.get("RCGM_RUNS_DIR", REPO_ROOT / "runs")).resolve()
+class SweepRunConflict(RuntimeError):
+    """A sweep of this name exists with other settings; the message says how to resume or start anew."""
 
 
-def default_tracking_uri() -> str:
-    """MLFLOW_TRACKING_URI when set, else SQLite under runs/."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{runs_dir() / 'mlflow.db'}"
+@dataclass(frozen=True)
+class TrialTracking:
+    """Where one trial's child run lives and what identifies it across retries and resumes."""
+
+    uri: str
+    experiment: str
+    trial_key: str  # stable across retries and resumes: how a retry finds its run again
+    run_name: str
+    parent_run_id: str | None = None
+    sweep: str | None = None
+    tags: dict = field(default_factory=dict)
+
+    def with_tags(self, tags: dict) -> "TrialTracking":
+        """A copy with more tags on the run (e.g. the Ray job id, known only inside Ray)."""
+        return dataclasses.replace(self, tags={**self.tags, **{k: str(v) for k, v in tags.items()}})
 
 
 def check_tracking_uri(uri: str, timeout: float = 5.0) -> str:
@@ -111,46 +130,110 @@ def find_run(uri: str, experiment_id: str, tags: dict[str, str]) -> str | None:
     return runs[0].info.run_id if runs else None
 
 
-def ensure_parent_run(uri: str, experiment: str, sweep: str, params: dict, tags: dict) -> tuple[str, bool]:
-    """The sweep's parent run (found again by name on resume); returns (run_id, created)."""
-    exp_id = ensure_experiment(uri, experiment)
-    found = find_run(uri, exp_id, {"rcgm.kind": "sweep", "rcgm.sweep": sweep})
+def child_runs(uri: str, experiment: str, parent_run_id: str, extra_filter: str = "") -> list:
+    """Every child run of a sweep (following MLflow's pages), optionally filtered further."""
     client = _client(uri)
+    query = f"tags.`mlflow.parentRunId` = '{parent_run_id}'" + (f" and {extra_filter}" if extra_filter else "")
+    runs, token = [], None
+    while True:
+        page = client.search_runs([ensure_experiment(uri, experiment)], filter_string=query, max_results=1000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def trial_run_id(uri: str, experiment: str, trial_key: str) -> str | None:
+    """The child run of a trial, by its key."""
+    return find_run(uri, ensure_experiment(uri, experiment), {TRIAL_KEY_TAG: trial_key})
+
+
+def open_sweep_run(uri: str, experiment: str, sweep: str, settings: dict, tags: dict) -> tuple[str, bool]:
+    """The sweep's parent run, created or found again by name; returns (run_id, created).
+
+    A sweep found with other settings is refused (SweepRunConflict): the same name with the same
+    settings is a resume, with other settings a clash.
+    """
+    from mlflow.entities import Param
+
+    settings = {k: str(v) for k, v in settings.items()}
+    exp_id = ensure_experiment(uri, experiment)
+    client = _client(uri)
+    found = find_run(uri, exp_id, {"rcgm.kind": "sweep", "rcgm.sweep": sweep})
     if found:
+        stored = client.get_run(found).data.params
+        changed = sorted(k for k in settings if stored.get(k) != settings[k])
+        if changed:
+            raise SweepRunConflict(
+                f"sweep {sweep!r} already exists in experiment {experiment!r} with other settings "
+                f"({', '.join(f'{k}: {stored.get(k)} -> {settings[k]}' for k in changed)}); pass --name NEW_NAME "
+                f"for a new sweep, or the same flags to resume it"
+            )
         client.update_run(found, status="RUNNING")
         return found, False
     run = client.create_run(exp_id, run_name=sweep, tags={"rcgm.kind": "sweep", "rcgm.sweep": sweep, **tags, **git_info()})
-    from mlflow.entities import Param
-
-    client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+    client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in settings.items()])
     return run.info.run_id, True
+
+
+def close_sweep_run(uri: str, run_id: str, wall_s: float, status: str = "FINISHED") -> None:
+    """Record the sweep's wall time and close its parent run."""
+    client = _client(uri)
+    client.log_metric(run_id, "sweep_wall_time_s", wall_s)
+    client.set_terminated(run_id, status=status)
+
+
+def mark_stopped_trials(uri: str, experiment: str, parent_run_id: str) -> int:
+    """Child runs still 'running' after Tune ended were stopped early (ASHA): mark them; returns how many."""
+    client = _client(uri)
+    runs = child_runs(uri, experiment, parent_run_id, f"tags.status = '{Status.RUNNING}'")
+    for run in runs:
+        # A torn-down trial cannot say so itself; Tune's end is the only witness.
+        client.set_tag(run.info.run_id, "status", str(Status.STOPPED))
+        client.set_terminated(run.info.run_id, status=Status.STOPPED.mlflow_run_status)
+    return len(runs)
+
+
+def sweep_outcome(uri: str, experiment: str, parent_run_id: str) -> tuple[list[str], int]:
+    """(status of every child run, how many resumed from a checkpoint after an error or a restart)."""
+    runs = child_runs(uri, experiment, parent_run_id)
+    resumed = sum(1 for run in runs if "resumed_from_step" in run.data.metrics and run.data.tags.get("status") != Status.FAILED)
+    return [run.data.tags.get("status", str(Status.FAILED)) for run in runs], resumed
+
+
+def mark_trial_failed(tracking: TrialTracking, reason: str) -> None:
+    """Record a trial that raised (for a TorchTrainer: retries exhausted) as failed, if its run exists."""
+    run_id = trial_run_id(tracking.uri, tracking.experiment, tracking.trial_key)
+    if run_id:
+        client = _client(tracking.uri)
+        client.set_tag(run_id, "status", str(Status.FAILED))
+        client.set_tag(run_id, "status_reason", reason)
+        client.set_terminated(run_id, status=Status.FAILED.mlflow_run_status)
 
 
 class TrialTracker:
     """One trial's child run: found again by trial key so retries and resumes never duplicate it."""
 
-    def __init__(self, uri: str, experiment: str, trial_key: str, parent_run_id: str | None = None, sweep: str | None = None, run_name: str | None = None):
-        self.uri, self.experiment = uri, experiment
-        self.trial_key, self.parent_run_id, self.sweep = trial_key, parent_run_id, sweep
-        self.run_name = run_name or trial_key
-        self.client = _client(uri)
+    def __init__(self, tracking: TrialTracking):
+        self.tracking = tracking
+        self.client = _client(tracking.uri)
         self.run_id: str | None = None
-        self.resumed = False
 
     def start(self, params: dict[str, str], tags: dict[str, str] | None = None) -> str:
         """Create the child run, or reopen the one a previous attempt of this trial made."""
         from mlflow.entities import Param, RunTag
 
-        exp_id = ensure_experiment(self.uri, self.experiment)
-        self.run_id = find_run(self.uri, exp_id, {TRIAL_KEY_TAG: self.trial_key})
-        self.resumed = self.run_id is not None
-        all_tags = {TRIAL_KEY_TAG: self.trial_key, "rcgm.kind": "trial", "status": "running", **git_info(), **package_versions(), **(tags or {})}
-        if self.parent_run_id:
-            all_tags["mlflow.parentRunId"] = self.parent_run_id
-        if self.sweep:
-            all_tags["rcgm.sweep"] = self.sweep
+        t = self.tracking
+        exp_id = ensure_experiment(t.uri, t.experiment)
+        self.run_id = find_run(t.uri, exp_id, {TRIAL_KEY_TAG: t.trial_key})
+        all_tags = {TRIAL_KEY_TAG: t.trial_key, "rcgm.kind": "trial", "status": str(Status.RUNNING), **git_info(),
+                    **package_versions(), **t.tags, **(tags or {})}
+        if t.parent_run_id:
+            all_tags["mlflow.parentRunId"] = t.parent_run_id
+        if t.sweep:
+            all_tags["rcgm.sweep"] = t.sweep
         if self.run_id is None:
-            self.run_id = self.client.create_run(exp_id, run_name=self.run_name, tags=all_tags).info.run_id
+            self.run_id = self.client.create_run(exp_id, run_name=t.run_name, tags=all_tags).info.run_id
             self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in params.items()])
         else:
             self.client.update_run(self.run_id, status="RUNNING")
@@ -176,12 +259,8 @@ class TrialTracker:
         """Upload one file to the run's artifact store."""
         self.client.log_artifact(self.run_id, str(path), artifact_path)
 
-    def finish(self, status: str, reason: str = "") -> None:
-        """Record the trial's status as data and close the run (KILLED when stopped early by a scheduler)."""
-        self.set_tags({"status": status, "status_reason": reason or status})
-        self.client.set_terminated(self.run_id, status="KILLED" if status == "stopped" else ("FAILED" if status == "failed" else "FINISHED"))
-
-    @property
-    def ui_hint(self) -> str:
-        """The command that opens the MLflow UI on this store."""
-        return f"mlflow ui --backend-store-uri {self.uri}" if self.uri.startswith("sqlite") else self.uri
+    def finish(self, status: Status, reason: str = "") -> None:
+        """Record the trial's status as data and close the run with the matching MLflow status."""
+        status = Status(status)
+        self.set_tags({"status": str(status), "status_reason": reason or str(status)})
+        self.client.set_terminated(self.run_id, status=status.mlflow_run_status)

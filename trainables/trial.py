@@ -1,17 +1,13 @@
-"""One trial = one Ray Train TorchTrainer run with a deterministic name and storage."""
+"""One trial = one Ray Train TorchTrainer run with a deterministic name and storage (DDP trials)."""
 
 from __future__ import annotations
 
 from trainables.config import TrialConfig
-from trainables.tracking import runs_dir
+from trainables.locations import default_storage_path
+from trainables.tracking import TrialTracking
 
 
-def default_storage_path() -> str:
-    """Ray Train/Tune storage for the embedded default: runs/ray-results."""
-    return str(runs_dir() / "ray-results")
-
-
-def build_torch_trainer(cfg: TrialConfig, tracking: dict, name: str, storage_path: str | None = None,
+def build_torch_trainer(cfg: TrialConfig, tracking: TrialTracking | None, name: str, storage_path: str | None = None,
                         callbacks=(), max_failures: int = 2, test_hooks: dict | None = None):
     """A TorchTrainer running train_fn_per_worker; its name is how a retry finds its checkpoints."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig

@@ -1,4 +1,4 @@
-"""The Ray Train V2 worker: one trial on this worker (DDP when several), reporting to Ray."""
+"""The Ray Train V2 worker: one trial on this worker (DDP when several), reporting to Ray Train."""
 
 from __future__ import annotations
 
@@ -9,17 +9,15 @@ from pathlib import Path
 
 import torch
 
-from trainables.checkpointing import restore_trainer
 from trainables.config import TrialConfig
-from trainables.evaluation import COLLAPSED, DIVERGED, HEALTHY
-from trainables.loop import Trainer, run_loop
+from trainables.runner import Placement, run_trial
+from trainables.status import SEVERITY, Status
 
-# Health codes, ordered so an all-reduce MAX picks the worst status any rank saw.
-STATUS_CODES = {HEALTHY: 0, COLLAPSED: 1, DIVERGED: 2}
-CODE_STATUS = {v: k for k, v in STATUS_CODES.items()}
+# Status codes, ordered so an all-reduce MAX picks the worst status any rank saw.
+STATUS_CODES = {status: code for code, status in enumerate(SEVERITY)}
 
 
-def agree_across_ranks(status: str) -> str:
+def agree_across_ranks(status: Status) -> Status:
     """Every rank adopts the worst status any rank saw, so all stop at the same step."""
     import torch.distributed as dist
 
@@ -27,23 +25,14 @@ def agree_across_ranks(status: str) -> str:
         return status
     code = torch.tensor([STATUS_CODES[status]], dtype=torch.int64)
     dist.all_reduce(code, op=dist.ReduceOp.MAX)
-    return CODE_STATUS[int(code.item())]
+    return SEVERITY[int(code.item())]
 
 
 def quiet_train_logs() -> None:
     """Ray Train logs every checkpoint and report at INFO: two lines per evaluation and trial
-    drown Tune's progress table; warnings and errors still show."""
+    drown the sweep's progress view; warnings and errors still show."""
     for name in ("ray.train", "ray.train.v2", "ray.tune"):
         logging.getLogger(name).setLevel(logging.WARNING)
-
-
-def tag_ray_job(tracking: dict | None) -> dict | None:
-    """The tracking spec with this process's Ray job id added to the run's tags."""
-    if tracking is None:
-        return None
-    import ray
-
-    return {**tracking, "tags": {**tracking.get("tags", {}), "ray.job_id": ray.get_runtime_context().get_job_id()}}
 
 
 def crash_hook(loop_config: dict, rank: int):
@@ -63,26 +52,27 @@ def crash_hook(loop_config: dict, rank: int):
 
 
 def train_fn_per_worker(loop_config: dict) -> None:
-    """Ray Train V2 entry point (train_loop_per_worker of the trial's TorchTrainer)."""
+    """Ray Train V2 entry point (train_loop_per_worker of the trial's TorchTrainer).
+
+    loop_config: {"trial": TrialConfig.to_dict(), "tracking": TrialTracking or None, test hooks}.
+    """
+    import ray
     import ray.train
     import ray.train.torch
 
-    from trainables.rank0 import Rank0
-
     quiet_train_logs()
     cfg = TrialConfig.from_dict(loop_config["trial"])
-    # One thread per CPU this worker was given: two trials on two cores must not fight.
-    torch.set_num_threads(max(1, int(round(cfg.cpus_per_worker))))
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = ray.train.torch.get_device()
-    trainer = Trainer(cfg, device, rank, world, wrap_model=ray.train.torch.prepare_model if world > 1 else None)
-
-    best, resumed_from = restore_trainer(trainer, ray.train.get_checkpoint(), device)
-    lead = Rank0(cfg, trainer, tag_ray_job(loop_config["tracking"]), best, resumed_from) if rank == 0 else None
+    placement = Placement(str(ray.train.torch.get_device()), rank, world,
+                          wrap_model=ray.train.torch.prepare_model if world > 1 else None)
+    tracking = loop_config["tracking"]
+    if tracking is not None:
+        tracking = tracking.with_tags({"ray.job_id": ray.get_runtime_context().get_job_id()})
 
     def report(metrics: dict, state_dir) -> None:
         ckpt = ray.train.Checkpoint.from_directory(str(state_dir)) if state_dir is not None else None
         ray.train.report(metrics, checkpoint=ckpt)
 
-    run_loop(cfg, trainer, lead, report, agree=agree_across_ranks, step_hook=crash_hook(loop_config, rank))
+    run_trial(cfg, placement, report, checkpoint=ray.train.get_checkpoint(), tracking=tracking,
+              agree=agree_across_ranks, step_hook=crash_hook(loop_config, rank))

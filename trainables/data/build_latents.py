@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from trainables.data import DatasetUnavailable
+from trainables.data.catalog import DatasetUnavailable
 from trainables.data.latents import LatentWriter
 from trainables.rcgm.errors import ConfigError
 

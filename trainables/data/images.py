@@ -6,7 +6,6 @@ against one reference set, and the fd classifier (trained on the training pool o
 sees the images it is scored against.
 """
 
-import os
 import socket
 import threading
 from pathlib import Path
@@ -14,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from trainables.data import DatasetUnavailable
+from trainables.data.catalog import DatasetUnavailable
+from trainables.locations import data_root
 from trainables.rcgm.errors import ConfigError
 
 SPLIT_SEED = 0  # fixed on purpose: see the module docstring
@@ -24,20 +24,6 @@ TORCHVISION = {
     "mnist-full": ("MNIST", "MNIST", "ossci-datasets.s3.amazonaws.com"),
     "cifar10": ("CIFAR10", "cifar-10-batches-py", "www.cs.toronto.edu"),
 }
-
-
-def cache_dir() -> Path:
-    """Cache root: $RCGM_CACHE_DIR, else runs/.cache under the repository root.
-
-    Anchored to the code, not the working directory: Ray Train workers run in per-trial
-    directories, and a cwd-relative cache would be rebuilt by every trial.
-    """
-    return Path(os.environ.get("RCGM_CACHE_DIR") or Path(__file__).resolve().parents[2] / "runs" / ".cache")
-
-
-def data_root() -> Path:
-    """Where torchvision datasets live: $RCGM_DATA_DIR, else <cache>/data."""
-    return Path(os.environ.get("RCGM_DATA_DIR") or cache_dir() / "data")
 
 
 def host_reachable(host: str, port: int = 443, timeout: float = 2.0) -> bool:

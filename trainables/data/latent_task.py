@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from trainables.data import LATENT_PREFIX, DatasetUnavailable
+from trainables.data.catalog import LATENT_PREFIX, DatasetUnavailable
 from trainables.data.latents import LatentShards, epoch_permutation
 from trainables.rcgm.errors import ConfigError
 

@@ -1,4 +1,4 @@
-"""Pre-extracted latent datasets in parquet shards, streamed disjointly across ranks.
+"""Pre-extracted latent datasets in parquet shards: the writer and the reader.
 
 Layout of a latent directory (written by LatentWriter, read by LatentShards):
 
@@ -9,8 +9,8 @@ Layout of a latent directory (written by LatentWriter, read by LatentShards):
   JSON adds the per-channel `mean` / `std` over all rows, the encoder, source and row count.
   It is written last, so a directory without it is an interrupted build and is refused.
 
-Rows are shuffled before sharding (by the builder), so one shard is a fair sample and readers
-can stream shard by shard while still covering every row exactly once per epoch.
+Rows are shuffled before sharding (by the builder), so one shard is a fair sample and the last
+rows are a fair held-out split (trainables.data.latent_task reads a rank's rows shard by shard).
 """
 
 import json
@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from trainables.data import DatasetUnavailable
+from trainables.data.catalog import DatasetUnavailable
 from trainables.rcgm.errors import ConfigError
 
 FORMAT_VERSION = 1
@@ -109,7 +109,7 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
 
 
 class LatentShards:
-    """Reader for a latent directory: metadata, per-rank disjoint epochs, and a DataLoader view."""
+    """Reader for a latent directory: metadata, row offsets per shard, and whole-shard reads."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -154,84 +154,3 @@ class LatentShards:
         parts = [self.read_shard(i) for i in range(len(self.files))]
         order = torch.argsort(torch.cat([p[0] for p in parts]))
         return torch.cat([p[1] for p in parts])[order], torch.cat([p[2] for p in parts])[order]
-
-    def rank_indices(self, epoch: int, rank: int = 0, world_size: int = 1, seed: int = 0,
-                     drop_last: bool = False) -> np.ndarray:
-        """This rank's global row ids for the epoch: strided slices of one shared permutation.
-
-        Across ranks the slices are disjoint and cover every row exactly once; sizes differ by at
-        most one. drop_last trims the permutation to a multiple of world_size so every rank gets
-        the same count (what DDP needs to keep collective calls in step).
-        """
-        if not 0 <= rank < world_size:
-            raise ConfigError("rank", rank, f"0..{world_size - 1} for world_size {world_size}")
-        perm = epoch_permutation(len(self), seed, epoch)
-        if drop_last:
-            perm = perm[: len(perm) - len(perm) % world_size]
-        return perm[rank::world_size]
-
-    def iter_rows(self, epoch: int, rank: int = 0, world_size: int = 1, seed: int = 0, drop_last: bool = False,
-                  normalize: bool = False, worker: int = 0, num_workers: int = 1):
-        """Yield (index, latent, label) for this rank (and DataLoader worker), one shard in memory at a time.
-
-        Shards are visited in a seeded per-epoch order and rows inside a shard in the permutation's
-        order, so streaming stays shard-local while the epoch is still reshuffled.
-        """
-        mine = self.rank_indices(epoch, rank, world_size, seed, drop_last)[worker::num_workers]
-        shard_of = np.searchsorted(self.starts, mine, side="right") - 1
-        rng = np.random.default_rng([seed, epoch, 1])
-        for s in rng.permutation(len(self.files)):
-            rows = mine[shard_of == s]
-            if len(rows) == 0:
-                continue
-            idx, x, y = self.read_shard(int(s))
-            pos = torch.from_numpy(rows - self.starts[s])
-            # Shards are written in index order, but look rows up by their stored id to be safe.
-            if not torch.equal(idx, torch.arange(self.starts[s], self.starts[s + 1])):
-                pos = torch.searchsorted(idx, torch.from_numpy(rows))
-            xs = x[pos]
-            if normalize:
-                xs = self.normalize(xs)
-            for i, latent, label in zip(rows.tolist(), xs, y[pos]):
-                yield i, latent, label
-
-    def dataset(self, seed: int = 0, normalize: bool = True, drop_last: bool = True,
-                rank: int | None = None, world_size: int | None = None) -> "LatentIterable":
-        """A torch IterableDataset over these shards (call .set_epoch(e) before each epoch)."""
-        return LatentIterable(self, seed, normalize, drop_last, rank, world_size)
-
-
-class LatentIterable(torch.utils.data.IterableDataset):
-    """IterableDataset of (latent, label): shards itself by distributed rank and DataLoader worker.
-
-    rank/world_size default to torch.distributed's (so it works under Ray Train's
-    prepare_data_loader, which adds no sampler to an IterableDataset).
-    """
-
-    def __init__(self, shards: LatentShards, seed: int, normalize: bool, drop_last: bool,
-                 rank: int | None, world_size: int | None):
-        super().__init__()
-        self.shards, self.seed, self.normalize, self.drop_last = shards, seed, normalize, drop_last
-        self.rank, self.world_size = rank, world_size
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Pick the epoch whose permutation the next iteration follows."""
-        self.epoch = int(epoch)
-
-    def _placement(self) -> tuple[int, int]:
-        """(rank, world_size): explicit, else from torch.distributed, else a single process."""
-        if self.rank is not None:
-            return self.rank, self.world_size or 1
-        dist = torch.distributed
-        if dist.is_available() and dist.is_initialized():
-            return dist.get_rank(), dist.get_world_size()
-        return 0, 1
-
-    def __iter__(self):
-        rank, world = self._placement()
-        info = torch.utils.data.get_worker_info()
-        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        for _, latent, label in self.shards.iter_rows(self.epoch, rank, world, self.seed, self.drop_last,
-                                                       self.normalize, worker, workers):
-            yield latent, label

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from trainables.data.images import cache_dir
+from trainables.locations import cache_dir
 from trainables.rcgm.errors import ConfigError
 
 CLASSIFIER_VERSION = 2  # bump when the classifier or its training recipe changes: old caches are ignored

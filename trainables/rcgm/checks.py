@@ -17,7 +17,9 @@ def check_int(field: str, value, low: int) -> int:
 def check_real(field: str, value, low: float, high: float, *, low_open=False, high_open=False,
                allow_inf=False) -> float:
     """Return value as a float if it is a real number inside the stated interval."""
-    lb, hb = "(" if low_open else "[", ")" if high_open else "]"
+    # An infinite bound is only shown closed ("inf]") when inf itself is accepted.
+    lb = "(" if low_open or (math.isinf(low) and not allow_inf) else "["
+    hb = ")" if high_open or (math.isinf(high) and not allow_inf) else "]"
     expected = f"a number in {lb}{low}, {high}{hb}"
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ConfigError(field, value, expected)
@@ -34,3 +36,53 @@ def check_choice(field: str, value, choices) -> str:
     if value not in choices:
         raise ConfigError(field, value, "one of " + ", ".join(repr(c) for c in choices))
     return value
+
+
+class IntRange:
+    """Integers >= low: a declared range that checks values and describes itself for --help."""
+
+    def __init__(self, low: int):
+        self.low = low
+
+    def check(self, field: str, value) -> int:
+        """value as an int, or a ConfigError naming field."""
+        return check_int(field, value, self.low)
+
+    def describe(self) -> str:
+        """What the range accepts, in words."""
+        return f"an integer >= {self.low}"
+
+
+class RealRange:
+    """Real numbers in an interval (NaN always refused, inf only with allow_inf)."""
+
+    def __init__(self, low: float, high: float, *, low_open=False, high_open=False, allow_inf=False):
+        self.low, self.high = low, high
+        self.options = dict(low_open=low_open, high_open=high_open, allow_inf=allow_inf)
+
+    def check(self, field: str, value) -> float:
+        """value as a float, or a ConfigError naming field."""
+        return check_real(field, value, self.low, self.high, **self.options)
+
+    def describe(self) -> str:
+        """What the range accepts, in words (the same text a refusal shows)."""
+        try:
+            check_real("_", math.nan, self.low, self.high, **self.options)
+        except ConfigError as err:
+            return err.expected
+        raise AssertionError("NaN passed a RealRange")
+
+
+class Choice:
+    """One of a fixed tuple of names."""
+
+    def __init__(self, choices: tuple):
+        self.choices = tuple(choices)
+
+    def check(self, field: str, value):
+        """value itself, or a ConfigError listing the choices."""
+        return check_choice(field, value, self.choices)
+
+    def describe(self) -> str:
+        """The choices, comma-separated."""
+        return "one of " + ", ".join(map(str, self.choices))

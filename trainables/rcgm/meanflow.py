@@ -2,7 +2,9 @@
 
 import torch
 
-from trainables.rcgm.objective import GuidedLabels, expand, per_sample_mse, target_network
+from trainables.rcgm.guidance import GuidedLabels
+from trainables.rcgm.target import target_network
+from trainables.rcgm.tensors import expand, per_sample_mse
 
 
 class MeanFlowObjective:

@@ -2,10 +2,11 @@
 
 import torch
 
-from trainables.rcgm.checks import check_choice, check_int, check_real
+from trainables.rcgm import ranges
+from trainables.rcgm.checks import check_real
 from trainables.rcgm.errors import ConfigError
 
-STYLES = ("few", "any", "mul")
+STYLES = ranges.SAMPLE_STYLE.choices
 
 
 def default_times(nfe: int) -> list[float]:
@@ -24,6 +25,11 @@ def check_times(times, nfe: int) -> list[float]:
     return times
 
 
+def check_sampler(nfe, style: str) -> tuple[int, str]:
+    """(nfe, style) if nfe is a count of function evaluations >= 1 and style a known sampler."""
+    return ranges.NFE.check("nfe", nfe), ranges.SAMPLE_STYLE.check("sample_style", style)
+
+
 def _randn_like(x: torch.Tensor, generator) -> torch.Tensor:
     """Fresh N(0, I) noise shaped like x, drawn on the generator's device."""
     device = generator.device if generator is not None else x.device
@@ -38,8 +44,7 @@ def sample(model, z: torch.Tensor, nfe: int, style: str = "few", times=None, y=N
     any: deterministic jump r = next time; mul: Euler with the instantaneous velocity (r = t).
     With 1 NFE, few and any are both x0 = z - F(z, 1, 0).
     """
-    nfe = check_int("nfe", nfe, 1)
-    check_choice("sample_style", style, STYLES)
+    nfe, style = check_sampler(nfe, style)
     grid = check_times(default_times(nfe) if times is None else times, nfe)
     x = z
     batch = z.shape[0]

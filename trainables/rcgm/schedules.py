@@ -2,6 +2,7 @@
 
 import torch
 
+from trainables.rcgm import ranges
 from trainables.rcgm.checks import check_real
 from trainables.rcgm.errors import ConfigError
 
@@ -25,7 +26,7 @@ class TimeSchedule:
 
     def __init__(self, params: dict, flow_fraction: float):
         self.params = dict(params)
-        self.flow_fraction = check_real("flow_fraction", flow_fraction, 0.0, 1.0)
+        self.flow_fraction = ranges.FLOW_FRACTION.check("flow_fraction", flow_fraction)
 
     def _draw(self, batch: int, generator, device) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError

@@ -4,7 +4,7 @@ import copy
 
 import torch
 
-from trainables.rcgm.checks import check_real
+from trainables.rcgm import ranges
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -12,6 +12,11 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     if isinstance(model, torch.nn.parallel.DistributedDataParallel):
         return model.module
     return model
+
+
+def check_kappa(kappa) -> float:
+    """kappa as a float if it is a decay in [0, 1] (0 = online model, 1 = frozen copy)."""
+    return ranges.KAPPA.check("kappa", kappa)
 
 
 def next_decay(c: float, kappa: float) -> float:
@@ -23,7 +28,7 @@ class TargetModel:
     """kappa = 0: the online model itself; kappa = 1: frozen initial copy; else EMA with warm-up."""
 
     def __init__(self, online: torch.nn.Module, kappa: float):
-        self.kappa = check_real("kappa", kappa, 0.0, 1.0)
+        self.kappa = check_kappa(kappa)
         self.decay = 0.0  # the decay c the next update uses; c = 0 makes the first update a copy
         self.num_updates = 0
         online = _unwrap(online)
@@ -71,3 +76,8 @@ class TargetModel:
         self.num_updates = int(state["num_updates"])
         if state["module"] is not None:
             self._module.load_state_dict(state["module"])
+
+
+def target_network(target) -> torch.nn.Module:
+    """The callable network behind a TargetModel (or a bare module used as its own target)."""
+    return target.module if isinstance(target, TargetModel) else target

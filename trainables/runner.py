@@ -1,0 +1,122 @@
+"""One function runs a trial, whatever launched it: plain PyTorch, a Tune trial process, or a Ray Train worker.
+
+The launcher supplies only what differs: where this process runs (device, rank, DDP wrapper),
+the checkpoint to resume from, how to report (Ray Train, Tune, or a progress print) and how
+ranks agree on a status. Threads, the Trainer, the restore, rank 0's evaluation and tracking,
+and the loop itself are the same for all three.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from trainables import checkpointing
+from trainables.config import TrialConfig
+from trainables.loop import Trainer
+from trainables.status import Status
+from trainables.tracking import TrialTracking
+
+# report(metrics, checkpoint folder or None): Ray Train's or Tune's report, or a progress print.
+Report = Callable[[dict, "Path | None"], None]
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where this process's share of a trial runs: device, DDP rank and world, and the model wrapper."""
+
+    device: str = "cpu"
+    rank: int = 0
+    world_size: int = 1
+    wrap_model: Callable | None = None  # DDP's prepare_model when world_size > 1
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a trial ended on this rank."""
+
+    status: Status
+    reason: str
+    picture: Path | None  # rank 0's last sample picture
+
+
+def trial_device(cfg: TrialConfig) -> str:
+    """The device of a one-process trial: CUDA when the trial asked for GPUs and one is visible."""
+    return "cuda" if cfg.gpus_per_worker > 0 and torch.cuda.is_available() else "cpu"
+
+
+def run_trial(cfg: TrialConfig, placement: Placement, report: Report, *, checkpoint=None,
+              tracking: TrialTracking | None = None, agree=lambda status: status, step_hook=None) -> Outcome:
+    """Set up a trial on this process (resuming from checkpoint, a Ray/Tune Checkpoint or None) and run it."""
+    from trainables.rank0 import Rank0
+
+    # One thread per CPU this process was given: two trials on two cores must not fight.
+    torch.set_num_threads(max(1, int(round(cfg.cpus_per_worker))))
+    trainer = Trainer(cfg, placement.device, placement.rank, placement.world_size, wrap_model=placement.wrap_model)
+    best, resumed_from = checkpointing.restore_trainer(trainer, checkpoint, placement.device)
+    lead = Rank0(cfg, trainer, tracking, best, resumed_from) if placement.rank == 0 else None
+    status, reason = run_loop(cfg, trainer, lead, report, agree=agree, step_hook=step_hook)
+    return Outcome(status, reason, lead.last_picture if lead is not None else None)
+
+
+def run_loop(cfg: TrialConfig, trainer: Trainer, lead, report: Report, agree=lambda status: status,
+             step_hook=None) -> tuple[Status, str]:
+    """Step until done or unhealthy; evaluate (lead = rank 0 only), checkpoint and report on schedule.
+
+    `agree(status)` makes every rank adopt the worst status; returns (status, reason).
+    Each checkpoint folder is removed once reported (Ray keeps its own copy).
+    """
+    started = time.time()
+    losses: list[float] = []
+    status, reason = Status.RUNNING, ""
+    while trainer.step < cfg.steps:
+        loss = trainer.train_step()
+        losses.append(loss)
+        step = trainer.step
+        if step_hook is not None:
+            step_hook(step)
+        if not math.isfinite(loss):
+            status, reason = Status.DIVERGED, f"loss is not finite at step {step}"
+        last = step >= cfg.steps
+        at_eval = step % cfg.eval_every == 0 or last or status != Status.RUNNING
+        if not (at_eval or step % cfg.checkpoint_every == 0):
+            continue
+        finite = [v for v in losses if math.isfinite(v)]
+        metrics = {"step": step, "loss": sum(finite) / len(finite) if finite else float("nan")}
+        losses.clear()
+        if at_eval and lead is not None:
+            ev = lead.evaluate(step, metrics["loss"])
+            metrics.update(ev.metrics)
+            if status == Status.RUNNING and ev.status != Status.RUNNING:
+                status, reason = ev.status, ev.reason
+        status = agree(status)
+        done = last or status != Status.RUNNING
+        final = Status.FINISHED if (done and status == Status.RUNNING) else status
+        # Reported as plain text: Tune writes results to JSON and its own tables.
+        metrics["status"] = str(final)
+        state_dir = None
+        if lead is not None:
+            state_dir = Path(tempfile.mkdtemp(prefix="rcgm-ckpt-"))
+            checkpointing.save_state(state_dir, trainer.state_dict(), cfg.to_dict(), lead.evaluator.best)
+        if done and lead is not None:
+            # Close the MLflow run before the last report: a scheduler may end this process on it
+            # (ASHA stops a trial that reaches max_t as soon as it reports).
+            lead.finish(final, reason, step, time.time() - started, state_dir)
+        report(metrics, state_dir)
+        if state_dir is not None:
+            # Ray persisted the checkpoint during report(); a DiT state is tens of MB per evaluation.
+            shutil.rmtree(state_dir, ignore_errors=True)
+        if done:
+            return final, reason
+    # Only reached when no step ran: a trial resumed from its final checkpoint.
+    final = Status.FINISHED if status == Status.RUNNING else status
+    if lead is not None:
+        lead.finish(final, reason, trainer.step, time.time() - started, None)
+    return final, reason

@@ -1,0 +1,127 @@
+"""The Ray Tune trial function: one typed TrialSpec in, the trial run inline or as a TorchTrainer.
+
+Inline (one worker): the trial runs inside its Tune trial process, reporting and checkpointing
+through Tune, so Tune retries from the last checkpoint and a reused process runs the next trial.
+Why not always a TorchTrainer: it starts about eight Ray processes (controller, worker,
+watchers, queues) before the first step, ~20 s per trial on 2 cores (docs/benchmarks.md), which
+a one-worker trial gains nothing from. DDP trials (workers > 1) keep the TorchTrainer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from trainables.config import TrialConfig
+from trainables.locations import safe_name
+from trainables.tracking import TrialTracking, mark_trial_failed
+
+RUNNERS = ("inline", "train")
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """Everything one Tune trial needs: its config, its name, where it reports and checkpoints."""
+
+    key: str  # the cell key, e.g. N2-k0.999-s1: the Ray trial's name and folder, the MLflow run's name
+    config: TrialConfig
+    tracking: TrialTracking | None
+    storage_path: str
+    runner: str = "inline"  # inline: in the Tune trial process; train: a Ray Train TorchTrainer
+
+    @property
+    def train_run_name(self) -> str:
+        """The TorchTrainer run's name: deterministic, so a retried trial finds its checkpoints."""
+        sweep = self.tracking.sweep if self.tracking is not None else "trial"
+        return safe_name(f"train-{sweep}-{self.key}")
+
+
+@dataclass(frozen=True)
+class SearchTemplate:
+    """An Optuna sweep's trials before sampling: base values plus the sampled ones make each TrialSpec."""
+
+    values: dict  # trial settings as given (placeholders such as model='auto' not yet resolved)
+    spec: TrialSpec  # tracking and storage shared by every trial; key and config are filled per trial
+
+    def spec_for(self, sampled: dict, trial_id: str) -> TrialSpec:
+        """The trial spec for one sampled point; 'time_params.a' sets one schedule parameter."""
+        # Sampled values are not unique names: the Tune trial id is the trial's identity.
+        key = "trial-" + trial_id
+        config = TrialConfig.from_dict(apply_cell(self.values, sampled))
+        tracking = self.spec.tracking
+        if tracking is not None:
+            tracking = dataclasses.replace(tracking, trial_key=f"{tracking.sweep}/{key}", run_name=key)
+        return dataclasses.replace(self.spec, key=key, config=config, tracking=tracking)
+
+
+def apply_cell(values: dict, cell: dict) -> dict:
+    """Trial values with a cell's settings on top; 'time_params.a' sets one schedule parameter."""
+    out = dict(values)
+    for name, value in cell.items():
+        if name.startswith("time_params."):
+            out["time_params"] = {**out.get("time_params", {}), name.split(".", 1)[1]: value}
+        else:
+            out[name] = value
+    return out
+
+
+def spec_of(config: dict, trial_id: str) -> TrialSpec:
+    """The TrialSpec in a Tune trial's config: a grid cell's ({"trial": {"key", "spec"}}), or an Optuna sample's."""
+    if "trial" in config:
+        return config["trial"]["spec"]
+    sampled = {k: v for k, v in config.items() if k != "search"}
+    return config["search"].spec_for(sampled, trial_id)
+
+
+def trial_name(trial) -> str:
+    """Tune's name (and folder) for a trial: the cell key, e.g. N2-k0.999-s1."""
+    config = trial.config
+    return config["trial"]["key"] if "trial" in config else "trial-" + trial.trial_id
+
+
+def tune_trial(config: dict) -> None:
+    """Tune function trainable: run the spec's trial in this process (inline) or fit a TorchTrainer for it."""
+    from ray import tune
+
+    spec = spec_of(config, tune.get_context().get_trial_id())
+    tracking = spec.tracking
+    if tracking is not None:
+        tracking = tracking.with_tags({"ray.trial_id": tune.get_context().get_trial_id(), "rcgm.cell": spec.key})
+    try:
+        if spec.runner == "inline":
+            run_inline(spec.config, tracking)
+        else:
+            fit_torch_trainer(spec, tracking)
+    except Exception as err:
+        if tracking is not None:
+            mark_trial_failed(tracking, f"{type(err).__name__}: {err}"[:500])
+        raise
+
+
+def run_inline(cfg: TrialConfig, tracking: TrialTracking | None) -> None:
+    """Train, evaluate, checkpoint and report to Tune in this process."""
+    import ray
+    from ray import tune
+
+    from trainables.runner import Placement, run_trial, trial_device
+    from trainables.worker import quiet_train_logs
+
+    quiet_train_logs()
+    if tracking is not None:
+        tracking = tracking.with_tags({"ray.job_id": ray.get_runtime_context().get_job_id()})
+
+    def report(metrics: dict, state_dir) -> None:
+        ckpt = tune.Checkpoint.from_directory(str(state_dir)) if state_dir is not None else None
+        tune.report(metrics, checkpoint=ckpt)
+
+    run_trial(cfg, Placement(trial_device(cfg)), report, checkpoint=tune.get_checkpoint(), tracking=tracking)
+
+
+def fit_torch_trainer(spec: TrialSpec, tracking: TrialTracking | None) -> None:
+    """One TorchTrainer run for the trial, its reports forwarded to Tune."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from trainables.trial import build_torch_trainer
+
+    build_torch_trainer(spec.config, tracking, name=spec.train_run_name, storage_path=spec.storage_path,
+                        callbacks=[TuneReportCallback()]).fit()
