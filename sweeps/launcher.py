@@ -170,7 +170,7 @@ def build_tuner(plan: SweepPlan, parent_run_id: str):
     from ray import tune
 
     from sweeps.progress import SweepProgress
-    from trainables.tune_trial import trial_name, tune_trial
+    from trainables.tune_trial import trial_name, tune_config_of, tune_trial
 
     path = f"{plan.storage_path.rstrip('/')}/{plan.name}"
     trainable = tune.with_resources(tune_trial, trial_resources(plan))
@@ -197,14 +197,12 @@ def build_tuner(plan: SweepPlan, parent_run_id: str):
         # Inline trials keep their process for the next trial (reuse_actors; the Optuna config does
         # the same): a fresh one would import torch, Ray Tune and MLflow again (docs/benchmarks.md).
         tune_config = tune.TuneConfig(max_concurrent_trials=limit, reuse_actors=plan.inline, **naming)
-        # Each grid value a dict: Tune swaps objects for placeholders until the trial runs, and the
-        # trial name is made before that, from the plain key beside the spec.
-        space = {"trial": tune.grid_search([{"key": spec.key, "spec": spec} for spec in grid_specs(plan, parent_run_id)])}
+        space = {"trial": tune.grid_search([tune_config_of(spec) for spec in grid_specs(plan, parent_run_id)])}
         return tune.Tuner(trainable, param_space=space, tune_config=tune_config, run_config=run_config)
     from sweeps.optuna_search import optuna_param_space, optuna_tune_config
 
     print(f"sweep {plan.name!r}: Optuna TPE, {plan.num_samples} trials, {limit} at a time, ASHA early stopping, {where}", flush=True)
-    space = {**optuna_param_space(plan.space), "search": search_template(plan, parent_run_id)}
+    space = {**optuna_param_space(plan.space), "search": search_template(plan, parent_run_id).to_dict()}
     return tune.Tuner(trainable, param_space=space, tune_config=optuna_tune_config(plan, limit, naming), run_config=run_config)
 
 
@@ -212,11 +210,11 @@ def final_rows(results) -> list[tuple]:
     """(order, kappa, final 1-NFE metric, status) per grid trial of a finished Tuner."""
     rows = []
     for r in results:
-        spec = (r.config or {}).get("trial", {}).get("spec")
-        if spec is None or not r.metrics:
+        entry = (r.config or {}).get("trial")
+        if entry is None or not r.metrics:
             continue
-        metric = spec.config.metric_names()[0]
-        rows.append((spec.config.order, spec.config.kappa, r.metrics.get(metric), r.metrics.get("status")))
+        cfg = TrialSpec.from_dict(entry["spec"]).config
+        rows.append((cfg.order, cfg.kappa, r.metrics.get(cfg.metric_names()[0]), r.metrics.get("status")))
     return rows
 
 

@@ -60,3 +60,10 @@ def keep_artifact(path, name: str) -> Path:
     dest = ARTIFACTS / name
     shutil.copyfile(path, dest)
     return dest
+
+
+def keep_artifact_text(text: str, name: str) -> Path:
+    """Write text a test produced (a console, a log) to .test-state/artifacts for people to look at."""
+    dest = ARTIFACTS / name
+    dest.write_text(text)
+    return dest

@@ -160,3 +160,24 @@ def test_point_tasks_are_built_once_per_name_and_seed_and_never_written():
     x, _ = first.sample(64, torch.Generator().manual_seed(0))
     x.add_(100.0)  # a caller editing its batch must not reach the shared pool
     assert torch.equal(first._pool, before)
+
+
+def test_mmd_is_the_plain_formula_to_the_last_bit():
+    # mmd.py reuses buffers in place to keep evaluations small in memory; the arithmetic must not move.
+    from trainables.metrics import mmd as M
+
+    def plain_kernel_mean(a, b):
+        total = torch.zeros((), dtype=torch.float64)
+        b_sq = (b * b).sum(dim=1)
+        for start in range(0, a.shape[0], M._BLOCK):
+            blk = a[start:start + M._BLOCK]
+            d2 = ((blk * blk).sum(dim=1)[:, None] + b_sq[None, :] - 2.0 * blk @ b.T).clamp_min(0.0)
+            total += sum(torch.exp(-d2 / (2.0 * s * s)).sum() for s in M.SIGMAS) / len(M.SIGMAS)
+        return total / (a.shape[0] * b.shape[0])
+
+    g = torch.Generator().manual_seed(0)
+    for n, m in [(2000, 2000), (2500, 300), (5, 7)]:
+        x = torch.randn(n, 2, generator=g, dtype=torch.float64)
+        y = (torch.randn(m, 2, generator=g, dtype=torch.float64) * 1.3 + 0.1)
+        plain = float(plain_kernel_mean(x, x) + plain_kernel_mean(y, y) - 2.0 * plain_kernel_mean(x, y))
+        assert M.mmd2(x, y) == plain

@@ -11,7 +11,7 @@ import time
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import PYTHON, REPO_ROOT, keep_artifact, run_cli
+from conftest import PYTHON, REPO_ROOT, keep_artifact, keep_artifact_text, run_cli
 
 SCRIPT = "sweeps/kappa_by_order.py"
 
@@ -54,12 +54,33 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+SMOKE_CELLS = ("N1-k0.9-s0", "N1-k0.999-s0", "N2-k0.9-s0", "N2-k0.999-s0")
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("runner", ["auto", "train"])
 def test_smoke_sweep_end_to_end(runner, sqlite_uri, tmp_path):
-    # auto runs one-worker trials inside their Tune process; train nests a TorchTrainer per trial.
-    proc = run_cli([SCRIPT, "--smoke", "--trial-runner", runner, "--tracking-uri", sqlite_uri, "--storage-path", str(tmp_path / "ray")], timeout=900)
+    # auto runs one-worker trials inside their Tune process; train nests a TorchTrainer per trial
+    # (and, to cover --verbose in the same run, prints Ray's and Tune's own output).
+    verbose = ["--verbose"] if runner == "train" else []
+    proc = run_cli([SCRIPT, "--smoke", "--trial-runner", runner, *verbose, "--tracking-uri", sqlite_uri,
+                    "--storage-path", str(tmp_path / "ray")], timeout=900)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
+    keep_artifact_text(out, f"smoke_console_{runner}.txt")
+    if verbose:
+        assert "Trial status" in out or "Configuration for experiment" in out  # Tune's own tables are back
+    else:
+        # The console a person reads (captured, so not a terminal): compact, named by cell.
+        assert len(out.splitlines()) < 150, len(out.splitlines())
+        assert all(cell in out for cell in SMOKE_CELLS)
+        for noise in ("grid_trial_", "tune_trial_", "Configuration for experiment", "started with configuration", "\u256d",
+                      "Token authentication", "View run", "INFO"):
+            assert noise not in out, noise
+        assert "4 trials: 4 finished" in out and "trials done" in out
+    # Ray's trial folders carry the cell key too.
+    trial_dirs = sorted(p.name for p in (tmp_path / "ray" / "moons-smoke").iterdir() if p.is_dir())
+    assert trial_dirs == sorted(SMOKE_CELLS), trial_dirs
     parent, kids = _children(sqlite_uri, "moons-smoke")
     assert parent is not None and parent.data.params["orders"] == "1,2" and parent.data.params["kappas"] == "0.9,0.999"
     assert parent.data.params["trial_runner"] == ("inline" if runner == "auto" else "train")
@@ -86,6 +107,7 @@ def test_smoke_sweep_end_to_end(runner, sqlite_uri, tmp_path):
     keep_artifact(html, f"smoke_report_{runner}.html")
 
 
+@pytest.mark.slow
 def test_killed_driver_resumes_without_duplicates(sqlite_uri, tmp_path):
     ray_tmp = f"/tmp/rcgm-resume-{os.getpid()}"
     env = {**os.environ, "RAY_TMPDIR": ray_tmp}
@@ -124,6 +146,7 @@ def test_killed_driver_resumes_without_duplicates(sqlite_uri, tmp_path):
     assert all(k.data.metrics["final_step"] == steps for k in kids)
 
 
+@pytest.mark.slow
 def test_ray_job_submit_against_a_started_head(sqlite_uri, tmp_path):
     ray = str(REPO_ROOT / ".venv" / "bin" / "ray") if (REPO_ROOT / ".venv" / "bin" / "ray").exists() else "ray"
     dash, gcs, agent, agent_grpc, env_agent, metrics = (_free_port() for _ in range(6))
@@ -180,6 +203,7 @@ def test_bad_flags_fail_before_ray_starts(flags, needle):
     assert time.time() - started < 60
 
 
+@pytest.mark.slow
 def test_optuna_search_with_asha(sqlite_uri, tmp_path):
     proc = run_cli(["sweeps/schedule_search.py", "--samples", "3", "--steps", "400", "--eval-every", "100", "--name", "search",
                     "--no-report", "--tracking-uri", sqlite_uri, "--storage-path", str(tmp_path / "ray"),

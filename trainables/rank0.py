@@ -10,6 +10,7 @@ from pathlib import Path
 from trainables.config import TrialConfig
 from trainables.evaluation import Evaluator
 from trainables.loop import Trainer
+from trainables.process_memory import peak_resident_mb, resident_mb
 from trainables.status import Status
 from trainables.tracking import TrialTracker, TrialTracking
 
@@ -56,7 +57,9 @@ class Rank0:
             return
         family = self.evaluator.family
         final = {f"best_{k}": v for k, v in self.evaluator.best.items()}
-        final.update({"final_step": step, "wall_time_s": wall, f"noise_{family}": self.evaluator.noise_level})
+        final.update({"final_step": step, "wall_time_s": wall, f"noise_{family}": self.evaluator.noise_level,
+                      # This process's memory (a reused Tune process runs several trials: the peak is its lifetime's).
+                      "process_rss_mb": resident_mb(), "process_peak_rss_mb": peak_resident_mb()})
         self.tracker.log_metrics(final, step)
         if state_dir is not None:
             self.tracker.log_artifact(state_dir / "state.pt", "checkpoint")

@@ -10,7 +10,11 @@ WORKER_ENV = {
     "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
     "RAY_USAGE_STATS_ENABLED": "0",
     "MLFLOW_DISABLE_TELEMETRY": "true",
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",  # one "View run" line per trial otherwise
     "PYTHONUNBUFFERED": "1",
+    # Ray workers run many threads, and glibc gives each its own heap arena, kept once grown: two
+    # arenas took a Moons trial process from ~1.35 to ~1.23 GB resident here (docs/benchmarks.md).
+    "MALLOC_ARENA_MAX": "2",
 }
 # Ray 2.60 warns at every start of a local cluster that token auth is on (it is: we keep it on).
 AUTH_NOTICE_LOGGER = "ray._private.authentication.authentication_token_setup"
@@ -24,6 +28,8 @@ def quiet_driver_logs(verbose: bool) -> None:
     """
     if not verbose:
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+        # MLflow prints "View run ... at" for every run closed against a server (the parent, stopped trials).
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         # Tune's new output engine prints its configuration box even at verbose=0; the legacy one is silent at 0.
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     level = logging.INFO if verbose else logging.WARNING

@@ -29,6 +29,19 @@ class TrialSpec:
     storage_path: str
     runner: str = "inline"  # inline: in the Tune trial process; train: a Ray Train TorchTrainer
 
+    def to_dict(self) -> dict:
+        """Plain values only: Tune keeps trial configs in its experiment state, and a resumed sweep
+        reads them back in a new driver, where objects it had swapped for placeholders are gone."""
+        tracking = dataclasses.asdict(self.tracking) if self.tracking is not None else None
+        return {"key": self.key, "config": self.config.to_dict(), "tracking": tracking,
+                "storage_path": self.storage_path, "runner": self.runner}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrialSpec":
+        """The spec that to_dict wrote."""
+        tracking = TrialTracking(**values["tracking"]) if values["tracking"] is not None else None
+        return cls(values["key"], TrialConfig.from_dict(values["config"]), tracking, values["storage_path"], values["runner"])
+
     @property
     def train_run_name(self) -> str:
         """The TorchTrainer run's name: deterministic, so a retried trial finds its checkpoints."""
@@ -42,6 +55,15 @@ class SearchTemplate:
 
     values: dict  # trial settings as given (placeholders such as model='auto' not yet resolved)
     spec: TrialSpec  # tracking and storage shared by every trial; key and config are filled per trial
+
+    def to_dict(self) -> dict:
+        """Plain values, for the same reason as TrialSpec.to_dict."""
+        return {"values": dict(self.values), "spec": self.spec.to_dict()}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "SearchTemplate":
+        """The template that to_dict wrote."""
+        return cls(dict(values["values"]), TrialSpec.from_dict(values["spec"]))
 
     def spec_for(self, sampled: dict, trial_id: str) -> TrialSpec:
         """The trial spec for one sampled point; 'time_params.a' sets one schedule parameter."""
@@ -65,12 +87,17 @@ def apply_cell(values: dict, cell: dict) -> dict:
     return out
 
 
+def tune_config_of(spec: TrialSpec) -> dict:
+    """A grid cell's entry in the Tune param space: the key (for the trial's name) and the spec, as plain values."""
+    return {"key": spec.key, "spec": spec.to_dict()}
+
+
 def spec_of(config: dict, trial_id: str) -> TrialSpec:
-    """The TrialSpec in a Tune trial's config: a grid cell's ({"trial": {"key", "spec"}}), or an Optuna sample's."""
+    """The TrialSpec in a Tune trial's config: a grid cell's ({"trial": tune_config_of(spec)}), or an Optuna sample's."""
     if "trial" in config:
-        return config["trial"]["spec"]
+        return TrialSpec.from_dict(config["trial"]["spec"])
     sampled = {k: v for k, v in config.items() if k != "search"}
-    return config["search"].spec_for(sampled, trial_id)
+    return SearchTemplate.from_dict(config["search"]).spec_for(sampled, trial_id)
 
 
 def trial_name(trial) -> str:

@@ -17,14 +17,24 @@ def _as_float64(a) -> torch.Tensor:
 
 
 def _kernel_mean(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Mean of the mixed RBF kernel over all pairs (a_i, b_j)."""
+    """Mean of the mixed RBF kernel over all pairs (a_i, b_j).
+
+    Two block-sized buffers are reused for every bandwidth (in-place ops, the same arithmetic in the
+    same order as the plain expression): a 2000-point evaluation otherwise makes ten 32 MB
+    temporaries per call, which glibc keeps and fragments, so a trial process grew by hundreds of MB.
+    """
     total = torch.zeros((), dtype=torch.float64)
     b_sq = (b * b).sum(dim=1)
     for start in range(0, a.shape[0], _BLOCK):
         blk = a[start:start + _BLOCK]
-        # clamp: the expanded form can go slightly negative for coincident points.
-        d2 = ((blk * blk).sum(dim=1)[:, None] + b_sq[None, :] - 2.0 * blk @ b.T).clamp_min(0.0)
-        total += sum(torch.exp(-d2 / (2.0 * s * s)).sum() for s in SIGMAS) / len(SIGMAS)
+        # d2 = (|a|^2 + |b|^2) - 2 a.b, clamped: the expanded form can go slightly negative for coincident points.
+        work = torch.mm(blk, b.T).mul_(2.0)
+        d2 = ((blk * blk).sum(dim=1)[:, None] + b_sq[None, :]).sub_(work).clamp_min_(0.0)
+        kernel = 0
+        for s in SIGMAS:
+            # d2 / -(2 s^2) is exactly -d2 / (2 s^2): negation is exact in floating point.
+            kernel = kernel + torch.div(d2, -(2.0 * s * s), out=work).exp_().sum()
+        total += kernel / len(SIGMAS)
     return total / (a.shape[0] * b.shape[0])
 
 
