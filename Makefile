@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: sweep test install chromium report clean-runs
+.PHONY: sweep test test-fast install chromium report clean-runs
 
 install: $(STAMP)
 
@@ -30,6 +30,11 @@ chromium:
 
 test: $(STAMP) chromium
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# While working: everything but the tests marked slow (real Ray, MLflow stores and servers, deploy
+# files, Chromium). `make test` stays the full suite, and it is what CI runs.
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 clean-runs:
 	rm -rf runs .test-state

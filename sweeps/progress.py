@@ -18,6 +18,8 @@ from ray.tune import Callback
 from trainables.status import Status
 
 TTY_REFRESH_S = 1.0
+PENDING = "pending"  # not started yet: a view state, not a trial status
+LIVE = (str(Status.RUNNING), PENDING)
 
 
 @dataclass
@@ -25,7 +27,7 @@ class TrialLine:
     """What the view knows of one trial."""
 
     name: str
-    status: str = "pending"
+    status: str = PENDING
     step: int = 0
     metrics: dict = field(default_factory=dict)
     started: float | None = None
@@ -73,7 +75,7 @@ class SweepProgress(Callback):
 
     def on_trial_start(self, iteration, trials, trial, **info):
         line = self._line(trial)
-        line.status, line.started = "running", line.started or time.time()
+        line.status, line.started = str(Status.RUNNING), line.started or time.time()
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         line = self._line(trial)
@@ -92,7 +94,8 @@ class SweepProgress(Callback):
     def on_trial_error(self, iteration, trials, trial, **info):
         line = self._line(trial)
         line.status = str(Status.FAILED)
-        self._event(line, f"failed after {line.retries} retries" if line.retries else "failed", error=trial.error_file)
+        what = f"{Status.FAILED} after {line.retries} retries" if line.retries else str(Status.FAILED)
+        self._event(line, what, error=trial.error_file)
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         line = self._line(trial)
@@ -101,6 +104,8 @@ class SweepProgress(Callback):
 
     def on_step_end(self, iteration, trials, **info):
         self._seed(trials)
+        if not self.lines:
+            return  # nothing started yet: a "0 running" line says nothing
         now = time.time()
         if self._tty():
             if now - self.last_draw >= TTY_REFRESH_S:
@@ -134,8 +139,7 @@ class SweepProgress(Callback):
 
     def _steps_done(self) -> int:
         """Steps done over the sweep; a trial that ended counts as all its steps (nothing is left of it)."""
-        running = str(Status.RUNNING), "running", "pending"
-        return sum(line.step if line.status in running else self.steps_per_trial for line in self.lines.values())
+        return sum(line.step if line.status in LIVE else self.steps_per_trial for line in self.lines.values())
 
     def eta(self) -> float:
         """Seconds left at the rate this driver has trained so far (NaN before any progress)."""
@@ -154,8 +158,8 @@ class SweepProgress(Callback):
 
     def summary(self) -> str:
         """The sweep as one line: trials done and running, elapsed, ETA, and the running trials."""
-        ended = [line for line in self.lines.values() if line.status not in ("running", "pending")]
-        running = [line for line in self.lines.values() if line.status == "running"]
+        ended = [line for line in self.lines.values() if line.status not in LIVE]
+        running = [line for line in self.lines.values() if line.status == Status.RUNNING]
         elapsed = time.time() - self.started
         text = (f"[{format_duration(elapsed)}] {len(ended)}/{self.total_trials} trials done, {len(running)} running, "
                 f"ETA {format_duration(self.eta()) if len(ended) < self.total_trials else '0:00'}")
@@ -195,7 +199,7 @@ class SweepProgress(Callback):
     def _redraw(self) -> None:
         """Draw the live view: the running trials, then the summary."""
         self._clear()
-        rows = [self.describe(line) for line in self.lines.values() if line.status == "running"] + [self.summary()]
+        rows = [self.describe(line) for line in self.lines.values() if line.status == Status.RUNNING] + [self.summary()]
         sys.stdout.write("".join(f"  {row}\n" for row in rows))
         sys.stdout.flush()
         self.drawn_rows = len(rows)

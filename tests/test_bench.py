@@ -139,6 +139,7 @@ def test_sweep_timeline_splits_the_wall_time():
     assert got["processes"] == 2 and got["finished"] == 3
 
 
+@pytest.mark.slow
 def test_sweep_timeline_reads_a_real_sweep_from_mlflow(tmp_path, capsys):
     # A parent and two children in a real SQLite store, as the launcher writes them.
     from mlflow.tracking import MlflowClient

@@ -43,6 +43,8 @@ from dashboards.ordering import NOT_ENOUGH, NOT_REPRODUCED, REPRODUCED, check_or
 from dashboards.paper_panel import our_moons_cells, paper_figure  # noqa: E402
 from dashboards.paper_values import IMAGENET_FID_1NFE, MOONS_MMD, imagenet_cell  # noqa: E402
 
+pytestmark = pytest.mark.slow  # a real MLflow store (and server) behind every report
+
 REPO = Path(__file__).resolve().parents[1]
 
 

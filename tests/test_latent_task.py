@@ -109,6 +109,7 @@ def test_malformed_folder_and_unfitting_patch_are_refused_before_compute(tmp_pat
         check_trial_inputs(TrialConfig(task=f"latents:{two}", model="DiT-XS/4", eval_samples=5))
 
 
+@pytest.mark.slow
 def test_two_worker_ray_trial_on_latents_logs_fld(local_ray, shard_dir, sqlite_uri, tmp_path):
     cfg = TrialConfig(task=f"latents:{shard_dir}", model="DiT-XS/4", order=2, kappa=0.99, batch_size=16, steps=60,
                       eval_every=30, eval_samples=100, nfe=(1,), lr=2e-3, workers=2, cpus_per_worker=0.9)

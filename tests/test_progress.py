@@ -64,7 +64,7 @@ def test_log_view_prints_ends_and_a_summary_every_interval(monkeypatch, clock, c
 def test_eta_comes_from_this_drivers_rate(monkeypatch, clock):
     view = _view(monkeypatch, tty=False)
     a = Trial("a")
-    view.on_step_end(0, [a])  # nothing done yet
+    view.on_step_end(0, [a])  # nothing started yet: nothing printed
     assert view.eta() != view.eta()  # NaN before any progress
     view.on_trial_start(0, [a], a)
     view.on_trial_result(1, [a], a, {"step": 100, "status": "running"})

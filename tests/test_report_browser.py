@@ -21,6 +21,8 @@ import dashboards_fixtures as F  # noqa: E402
 from dashboards.errors import MissingMetricsWarning  # noqa: E402
 from dashboards.report import build_report  # noqa: E402
 
+pytestmark = pytest.mark.slow  # headless Chromium on a report from a real MLflow store
+
 REPO = Path(__file__).resolve().parents[1]
 KEEP = REPO / ".test-state" / "artifacts" / "dashboards_report_screenshot.png"
 WIDTH, HEIGHT = 1400, 2400

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
@@ -9,6 +10,8 @@ from conftest import keep_artifact, run_cli
 from trainables.config import TrialConfig
 from trainables.tracking import TrialTracking, ensure_experiment, find_run, open_sweep_run
 from trainables.trial import build_torch_trainer
+
+pytestmark = pytest.mark.slow  # real Ray Train and MLflow runs
 
 SMALL = dict(task="moons", order=2, kappa=0.99, batch_size=128, eval_samples=300, nfe=(1, 2, 4), lr=1e-3, cpus_per_worker=0.9)
 
