@@ -45,16 +45,15 @@ def flag_text(value) -> str:
 
 
 def help_text(f: dataclasses.Field, default) -> str:
-    """A flag's help: the declaration's help, what it accepts, and its default."""
+    """A flag's help: the declaration's help, what it accepts, and its default (None: set by the caller)."""
     meta = f.metadata
     parts = [meta["help"]]
-    if meta["accepts"] is not None and f.name != "model":
+    if meta["accepts"] is not None:
         parts.append(f"({meta['accepts'].describe()})")
-    if default is not None:
-        shown = meta["auto"] if meta["auto"] and default == f.default else flag_text(default)
-        parts.append(f"[default {shown or 'none'}]")
-    elif meta["auto"]:
+    if meta["auto"] and (default is None or default == f.default):
         parts.append(f"[default {meta['auto']}]")
+    elif default is not None:
+        parts.append(f"[default {flag_text(default) or 'none'}]")
     return " ".join(parts).replace("%", "%%")
 
 
@@ -73,11 +72,12 @@ def add_trial_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...] =
             continue
         default = defaults.get(name, f.default if f.default is not dataclasses.MISSING else f.default_factory())
         kind = field_type(f)
-        parse = PARSERS.get(kind, kind)
-        shown_default = None if unset else default
-        arg_default = None if unset or default is None else (flag_text(default) if kind in PARSERS else default)
-        group.add_argument("--" + name.replace("_", "-"), type=str if kind in PARSERS else parse, default=arg_default,
-                           help=help_text(f, shown_default if not unset else None), metavar=name.upper())
+        if unset or default is None:
+            arg_default = None
+        else:
+            arg_default = flag_text(default) if kind in PARSERS else default
+        group.add_argument("--" + name.replace("_", "-"), type=str if kind in PARSERS else kind, default=arg_default,
+                           help=help_text(f, None if unset else default), metavar=name.upper())
 
 
 def trial_values_from_args(args: argparse.Namespace, skip: tuple[str, ...] = ()) -> dict:

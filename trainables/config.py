@@ -66,7 +66,7 @@ class TrialConfig:
 
     task: str = setting("moons", "dataset: " + ", ".join(TASK_NAMES) + f", or {LATENT_PREFIX}<folder> (shards from "
                         "python -m trainables.data.build_latents)")
-    model: str = setting("auto", "mlp for points, or DiT-XS/4 ... DiT-XL/2", accepts=Choice(("auto", *MODEL_NAMES)),
+    model: str = setting("auto", "the network F(x_t, t, r, y)", accepts=Choice(("auto", *MODEL_NAMES)),
                          auto="auto: " + ", ".join(f"{m} for {k}" for k, m in DEFAULT_MODEL.items()))
     objective: str = setting("rcgm", "rcgm (the N-th order recursive objective) or meanflow (JVP baseline)",
                              accepts=ranges.OBJECTIVE)
