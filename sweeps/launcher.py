@@ -9,13 +9,18 @@ trainables.tracking.
 from __future__ import annotations
 
 import math
+import shutil
+import signal
 import sys
+import tempfile
+import threading
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 from functools import cached_property
 
 from trainables.config import TrialConfig
-from trainables.locations import mlflow_ui_command, reports_dir
+from trainables.locations import REPO_ROOT, check_not_temporary, mlflow_ui_command, reports_dir, temporary_checkout
 from trainables.preflight import BAD_INPUT, check_trial_inputs
 from trainables.rcgm.errors import ConfigError
 from trainables.tracking import (
@@ -24,6 +29,7 @@ from trainables.tracking import (
 from trainables.tune_trial import SearchTemplate, TrialSpec, apply_cell
 
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130  # what a shell reports for Ctrl-C
 DRIVER_CPU = 0.01  # a Tune trial that only waits on its TorchTrainer
 RUNNER_CHOICES = ("auto", "inline", "train")
 # The grid's axes: set per cell, by the plural flags of kappa_by_order.py.
@@ -102,6 +108,7 @@ def validate(plan: SweepPlan) -> SweepPlan:
             plan.cell_config({name: low})
             plan.cell_config({name: high})
     check_trial_inputs(plan.base)
+    check_not_temporary(plan.tracking_uri, plan.storage_path, plan.optuna_storage)  # before the check creates a store there
     plan.tracking_uri = check_tracking_uri(plan.tracking_uri)
     return plan
 
@@ -219,27 +226,55 @@ def final_rows(results) -> list[tuple]:
 
 
 def run_sweep(plan: SweepPlan) -> int:
-    """Validate, open the parent run, run the trials, mark leftovers, print, report; exit code."""
-    from sweeps.summary import grid_table, outcome_line
-    from trainables.ray_setup import init_ray, quiet_driver_logs
+    """Validate, open the parent run, run the trials, mark leftovers, print, report; exit code.
+
+    However the sweep ends, its parent run is closed: FINISHED, FAILED (an error in the driver)
+    or KILLED (Ctrl-C, SIGTERM, `ray job stop`), with the reason in its status_reason tag.
+    """
+    from trainables.ray_setup import quiet_driver_logs, resolve_ray_address
 
     quiet_driver_logs(plan.verbose)
     try:
         validate(plan)
+        # A dead address or a stale current-cluster file is refused here, before any MLflow run exists.
+        plan.address = resolve_ray_address(plan.address) or "local"
         parent_run_id, _ = open_parent_run(plan)
     except BAD_INPUT as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     started = time.time()
     print(f"tracking: {plan.tracking_uri} (experiment {plan.experiment!r}); checkpoints: {plan.storage_path}/{plan.name}", flush=True)
-    init_ray(plan.address, verbose=plan.verbose)
+    restore = stop_gracefully_on_sigterm()
     try:
-        tuner = build_tuner(plan, parent_run_id)
+        return _run_trials(plan, parent_run_id, started)
     except SweepError as err:
         print(f"error: {err}", file=sys.stderr)
-        close_sweep_run(plan.tracking_uri, parent_run_id, time.time() - started, status="FAILED")
+        close_sweep_run(plan.tracking_uri, parent_run_id, time.time() - started, status="FAILED", reason=str(err))
         return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        # A second Ctrl-C while Tune was saving its state: nothing more to wait for.
+        _close_interrupted(plan, parent_run_id, started)
+        return EXIT_INTERRUPTED
+    except BaseException as err:
+        close_sweep_run(plan.tracking_uri, parent_run_id, time.time() - started, status="FAILED",
+                        reason=f"{type(err).__name__}: {err}"[:500])
+        raise
+    finally:
+        restore()
+
+
+def _run_trials(plan: SweepPlan, parent_run_id: str, started: float) -> int:
+    """Ray, the Tuner, the closing table and report; the parent run is closed by the caller on errors."""
+    from sweeps.summary import grid_table, outcome_line
+    from trainables.ray_setup import init_ray
+
+    init_ray(plan.address, verbose=plan.verbose)
+    tuner = build_tuner(plan, parent_run_id)
     results = tuner.fit()
+    if results.num_terminated + results.num_errors < plan.total_trials:
+        # Tune caught a SIGINT (or our SIGTERM): it saved its state and returned early.
+        _close_interrupted(plan, parent_run_id, started)
+        return EXIT_INTERRUPTED
     mark_stopped_trials(plan.tracking_uri, plan.experiment, parent_run_id)
     print()
     for line in grid_table(plan.base.metric_names()[0], final_rows(results)):
@@ -248,13 +283,58 @@ def run_sweep(plan: SweepPlan) -> int:
     wall = time.time() - started
     print(f"sweep {plan.name!r} done in {wall / 60:.1f} min; MLflow parent run {parent_run_id} in experiment {plan.experiment!r}")
     if plan.report:
-        from dashboards.report import build_report
-
-        path = build_report(plan.tracking_uri, plan.experiment, parent_run_ids=[parent_run_id], out_dir=reports_dir(plan.name))
-        print(f"report: {path}")
+        print(report_line(plan, parent_run_id))
     print(f"open the MLflow UI: {mlflow_ui_command(plan.tracking_uri)}")
     close_sweep_run(plan.tracking_uri, parent_run_id, wall)
     errors = sum(1 for r in results if r.error)
     if errors:
         print(f"{errors} trial(s) failed with errors; their error files are named above", file=sys.stderr)
     return 1 if errors else 0
+
+
+def report_line(plan: SweepPlan, parent_run_id: str) -> str:
+    """Build the report and say where it is: on disk, and always in the parent run's artifacts."""
+    from dashboards.report import ARTIFACT_DIR, build_report
+
+    out = reports_dir(plan.name)
+    lost = temporary_checkout() and out.resolve().is_relative_to(REPO_ROOT)
+    if lost:
+        # Inside a Ray job the default folder is Ray's temporary copy of the code: MLflow keeps the report.
+        out = Path(tempfile.mkdtemp(prefix="rcgm-report-"))
+    path = build_report(plan.tracking_uri, plan.experiment, parent_run_ids=[parent_run_id], out_dir=out)
+    artifacts = f"MLflow parent run {parent_run_id}, artifacts {ARTIFACT_DIR}/report.html"
+    if lost:
+        shutil.rmtree(out, ignore_errors=True)
+        return f"report: {artifacts} (set RCGM_RUNS_DIR for a copy on disk)"
+    return f"report: {path} (and in {artifacts})"
+
+
+def _close_interrupted(plan: SweepPlan, parent_run_id: str, started: float) -> None:
+    """Close an interrupted sweep's runs as KILLED and say how to resume it."""
+    reason = "interrupted (Ctrl-C, SIGTERM or `ray job stop`); the same command resumes it"
+    stopped = mark_stopped_trials(plan.tracking_uri, plan.experiment, parent_run_id, reason=reason)
+    close_sweep_run(plan.tracking_uri, parent_run_id, time.time() - started, status="KILLED", reason=reason)
+    print(f"\nsweep {plan.name!r} interrupted: {stopped} running trial(s) stopped, Tune's state saved in "
+          f"{plan.storage_path}/{plan.name}; the same command resumes it (MLflow parent run {parent_run_id}: KILLED)",
+          file=sys.stderr, flush=True)
+
+
+def stop_gracefully_on_sigterm():
+    """Make SIGTERM (`ray job stop`, a scheduler's kill) stop the sweep as Ctrl-C does; returns the undo.
+
+    Tune installs a SIGINT handler during fit() that saves the experiment state and returns early.
+    SIGTERM calls whatever SIGINT handler is current instead of Python's default (instant death).
+    The handler is called directly: Ray job drivers start with SIGINT blocked.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def on_sigterm(signum, frame):
+        handler = signal.getsignal(signal.SIGINT)
+        if callable(handler):
+            handler(signal.SIGINT, frame)
+        else:
+            raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    return lambda: signal.signal(signal.SIGTERM, previous)

@@ -43,6 +43,7 @@ ENV_FILE = "env.sh"
 PG_USER, PG_DATABASE = "rcgm", "mlflow"
 # PostgreSQL refuses to run as root; Debian's package makes this system user.
 PG_SYSTEM_USER = "postgres"
+JOB_STOP_WAIT_S = 60
 
 
 class ClusterError(RuntimeError):
@@ -271,7 +272,9 @@ class LocalCluster:
         inherited = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_TMPDIR")}
         # A job's `python` entrypoint is looked up on the node's PATH: this environment's first, as if activated.
         path = f"{Path(sys.executable).parent}:{os.environ.get('PATH', '/usr/bin:/bin')}"
+        # `ray job stop` SIGTERMs the driver and SIGKILLs it 3 s later by default: too soon for Tune to save its state.
         return {**inherited, **WORKER_ENV, "PATH": path, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.state["token"],
+                "RAY_JOB_STOP_WAIT_TIME_S": str(JOB_STOP_WAIT_S),
                 "MLFLOW_TRACKING_URI": self.tracking_uri, "RCGM_STORAGE_PATH": self.state["storage"],
                 "RCGM_RUNS_DIR": self.state["runs"]}
 
@@ -404,7 +407,9 @@ def main(argv=None) -> int:
         if args.command == "up":
             print(f"local cluster in {cluster.dir}:", flush=True)
             cluster.up(args.workers, args.cpus_per_worker)
-            print(f"up in {cluster.state['up_seconds']} s. Use it from this shell with:\n  source {cluster.dir / ENV_FILE}\n"
+            exports = "".join(f"  export {k}={v}\n" for k, v in cluster.env_exports().items())
+            print(f"up in {cluster.state['up_seconds']} s. The environment of a client of this cluster:\n{exports}"
+                  f"or, the same, from this shell:\n  source {cluster.dir / ENV_FILE}\n"
                   f"then:\n  ray job submit --working-dir . -- python sweeps/kappa_by_order.py --smoke\n"
                   f"  (MLflow UI: {cluster.tracking_uri}; Ray dashboard: {cluster.dashboard_url}; "
                   f"checkpoints: {cluster.state['storage']})")

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-PASS_THROUGH = ("MLFLOW_TRACKING_URI", "RCGM_RUNS_DIR", "RCGM_CACHE_DIR", "RCGM_FID_WEIGHTS")
+PASS_THROUGH = ("MLFLOW_TRACKING_URI", "RCGM_RUNS_DIR", "RCGM_STORAGE_PATH", "RCGM_CACHE_DIR", "RCGM_FID_WEIGHTS")
 
 
 def job_env() -> dict[str, str]:

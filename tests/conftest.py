@@ -28,6 +28,7 @@ os.environ["RAY_TRAIN_ENABLE_PRINT_PATCH"] = "0"
 os.environ["PYTHONUNBUFFERED"] = "1"
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 os.environ.pop("RAY_ADDRESS", None)
+os.environ.pop("RCGM_STORAGE_PATH", None)
 # Ray's unix sockets live under RAY_TMPDIR and must stay short (108-byte path limit).
 os.environ.setdefault("RAY_TMPDIR", tempfile.mkdtemp(prefix="rcgm-ray-", dir="/tmp"))
 

@@ -12,7 +12,7 @@ REPO = locations.REPO_ROOT
 
 def test_defaults_are_anchored_to_the_repo_not_the_cwd(tmp_path, monkeypatch):
     # Ray workers run in per-trial directories: a cwd-relative store or cache would land in each of them.
-    for name in ("RCGM_RUNS_DIR", "RCGM_CACHE_DIR", "RCGM_DATA_DIR", "MLFLOW_TRACKING_URI"):
+    for name in ("RCGM_RUNS_DIR", "RCGM_CACHE_DIR", "RCGM_DATA_DIR", "MLFLOW_TRACKING_URI", "RCGM_STORAGE_PATH"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tmp_path)
     assert locations.runs_dir() == REPO / "runs"
@@ -31,6 +31,8 @@ def test_environment_overrides(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     assert locations.default_tracking_uri() == f"sqlite:///{tmp_path / 'r' / 'mlflow.db'}"
     assert locations.data_root() == tmp_path / "c" / "data"
+    monkeypatch.setenv("RCGM_STORAGE_PATH", "/shared/ray-results")
+    assert locations.default_storage_path() == "/shared/ray-results"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
     assert locations.default_tracking_uri() == "http://127.0.0.1:5000"
     assert locations.mlflow_ui_command("http://127.0.0.1:5000") == "http://127.0.0.1:5000"

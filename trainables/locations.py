@@ -25,8 +25,11 @@ def default_tracking_uri() -> str:
 
 
 def default_storage_path() -> str:
-    """Ray Train/Tune storage for checkpoints and Tune state: runs/ray-results."""
-    return str(runs_dir() / "ray-results")
+    """Ray Train/Tune storage for checkpoints and Tune state: $RCGM_STORAGE_PATH, else runs/ray-results.
+
+    A cluster's nodes set RCGM_STORAGE_PATH to the folder (or s3:// URI) they all share.
+    """
+    return os.environ.get("RCGM_STORAGE_PATH") or str(runs_dir() / "ray-results")
 
 
 def default_optuna_storage() -> str:
@@ -52,6 +55,52 @@ def cache_dir() -> Path:
 def data_root() -> Path:
     """Where torchvision datasets live: $RCGM_DATA_DIR, else <cache>/data."""
     return Path(os.environ.get("RCGM_DATA_DIR") or cache_dir() / "data")
+
+
+class TemporaryLocation(RuntimeError):
+    """A default location would land in a folder that Ray deletes; the message says what to set."""
+
+
+def temporary_checkout() -> bool:
+    """True when this code runs from Ray's temporary copy of a job's working dir (`ray job submit --working-dir`).
+
+    Ray unpacks the working dir under <ray temp>/session_*/runtime_resources/working_dir_files/ and
+    deletes it with the session: anything written relative to the code is lost.
+    """
+    return "runtime_resources" in REPO_ROOT.parts and "working_dir_files" in REPO_ROOT.parts
+
+
+def _local_path(location: str | None) -> str | None:
+    """The file or folder a location writes to on this disk (a sqlite URI's file), None for a server or s3://."""
+    if not location:
+        return None
+    if location.startswith("sqlite:///"):
+        return location[len("sqlite:///"):]
+    return None if "://" in location else location
+
+
+def lost_with_the_job(tracking_uri: str, storage_path: str, optuna_storage: str | None = None) -> list[str]:
+    """The results that would be written into the job's temporary copy, as 'what (the setting that moves it)'."""
+    if not temporary_checkout():
+        return []
+    checks = [("the MLflow store (set MLFLOW_TRACKING_URI to a server every node reaches, or --tracking-uri)", tracking_uri),
+              ("the checkpoints (set RCGM_STORAGE_PATH to a folder every node shares, or --storage-path)", storage_path),
+              ("the Optuna study (set RCGM_RUNS_DIR, or --optuna-storage)", optuna_storage)]
+    inside = []
+    for what, location in checks:
+        path = _local_path(location)
+        if path and Path(path).resolve().is_relative_to(REPO_ROOT):
+            inside.append(what)
+    return inside
+
+
+def check_not_temporary(tracking_uri: str, storage_path: str, optuna_storage: str | None = None) -> None:
+    """Refuse a job whose tracking, checkpoints or study would default into Ray's temporary copy of the code."""
+    lost = lost_with_the_job(tracking_uri, storage_path, optuna_storage)
+    if lost:
+        raise TemporaryLocation(f"this runs as a Ray job from Ray's temporary copy of the working dir ({REPO_ROOT}), which "
+                                f"Ray deletes with the job; " + " and ".join(lost) + " would be written there. "
+                                "The local cluster's env.sh sets them (python -m sweeps.local_cluster up).")
 
 
 def mlflow_ui_command(uri: str) -> str:

@@ -14,8 +14,9 @@ import uuid
 
 from trainables.cli import add_trial_arguments, trial_values_from_args
 from trainables.config import TrialConfig
-from trainables.locations import default_tracking_uri, mlflow_ui_command
+from trainables.locations import check_not_temporary, default_storage_path, default_tracking_uri, mlflow_ui_command
 from trainables.preflight import BAD_INPUT, check_trial_inputs
+from trainables.ray_setup import resolve_ray_address
 from trainables.status import Status
 from trainables.tracking import TrialTracking, check_tracking_uri, git_info, trial_run_id
 
@@ -33,7 +34,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--tracking-uri", default=None, help="MLflow URI (default: MLFLOW_TRACKING_URI or sqlite under runs/)")
     parser.add_argument("--experiment", default="trials", help="MLflow experiment (default %(default)s)")
     parser.add_argument("--name", default=None, help="run name; also the key that a rerun resumes (default: a fresh one)")
-    parser.add_argument("--storage-path", default=None, help="Ray storage for checkpoints (default runs/ray-results)")
+    parser.add_argument("--storage-path", default=None, help="Ray storage for checkpoints (default $RCGM_STORAGE_PATH, else runs/ray-results)")
     parser.add_argument("--address", default=None, help="Ray address (default RAY_ADDRESS, else a local Ray)")
     add_trial_arguments(parser, defaults=RUN_DEFAULTS)
     return parser.parse_args(argv)
@@ -74,8 +75,14 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         cfg = TrialConfig.from_dict(trial_values_from_args(args))
-        uri = None if args.no_track else check_tracking_uri(args.tracking_uri or default_tracking_uri())
+        uri = None if args.no_track else args.tracking_uri or default_tracking_uri()
+        if not args.local:
+            # Under `ray job submit`: nothing may default into Ray's temporary copy of the code.
+            check_not_temporary(uri or "", args.storage_path or default_storage_path())
+        uri = uri and check_tracking_uri(uri)
         check_trial_inputs(cfg)  # a missing dataset or FID weights are refused before compute
+        if not args.local and not args.dry_run:
+            args.address = resolve_ray_address(args.address) or "local"  # a dead cluster: refused in seconds
     except BAD_INPUT as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -20,6 +20,8 @@ from trainables.locations import REPO_ROOT
 from trainables.status import Status
 
 TRIAL_KEY_TAG = "rcgm.trial_key"
+# MLflow 3's UI picks an experiment's view from this tag; without it a new one opens on the GenAI overview.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 PACKAGES = ("torch", "ray", "mlflow", "timm", "optuna", "rcgm-sweeps")
 
 
@@ -108,17 +110,20 @@ def _client(uri: str):
 
 
 def ensure_experiment(uri: str, name: str) -> str:
-    """The experiment id, creating it with artifacts under runs/ for a local SQLite store."""
+    """The experiment id, creating it (artifacts under runs/ for a local SQLite store) as a model-training one."""
     client = _client(uri)
     exp = client.get_experiment_by_name(name)
     if exp is not None:
+        if any(exp.tags.get(k) != v for k, v in EXPERIMENT_KIND.items()):
+            for key, value in EXPERIMENT_KIND.items():  # experiments made before the tag existed
+                client.set_experiment_tag(exp.experiment_id, key, value)
         return exp.experiment_id
     location = None
     if uri.startswith("sqlite:///"):
         # Without this, artifacts land in ./mlruns of whichever process creates the run.
         location = (Path(uri[len("sqlite:///"):]).parent / "artifacts" / name).resolve().as_uri()
     try:
-        return client.create_experiment(name, artifact_location=location)
+        return client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND)
     except Exception:  # another process created it first
         return client.get_experiment_by_name(name).experiment_id
 
@@ -176,20 +181,26 @@ def open_sweep_run(uri: str, experiment: str, sweep: str, settings: dict, tags: 
     return run.info.run_id, True
 
 
-def close_sweep_run(uri: str, run_id: str, wall_s: float, status: str = "FINISHED") -> None:
-    """Record the sweep's wall time and close its parent run."""
+def close_sweep_run(uri: str, run_id: str, wall_s: float, status: str = "FINISHED", reason: str = "") -> None:
+    """Record the sweep's wall time and close its parent run (with why, when it did not finish)."""
     client = _client(uri)
     client.log_metric(run_id, "sweep_wall_time_s", wall_s)
+    if reason:
+        client.set_tag(run_id, "status_reason", reason)
+    elif "status_reason" in client.get_run(run_id).data.tags:
+        client.delete_tag(run_id, "status_reason")  # a resumed sweep that finished: the interruption is history
     client.set_terminated(run_id, status=status)
 
 
-def mark_stopped_trials(uri: str, experiment: str, parent_run_id: str) -> int:
-    """Child runs still 'running' after Tune ended were stopped early (ASHA): mark them; returns how many."""
+def mark_stopped_trials(uri: str, experiment: str, parent_run_id: str, reason: str = "") -> int:
+    """Child runs still 'running' after Tune ended were stopped (ASHA, or an interrupted sweep): mark them; how many."""
     client = _client(uri)
     runs = child_runs(uri, experiment, parent_run_id, f"tags.status = '{Status.RUNNING}'")
     for run in runs:
         # A torn-down trial cannot say so itself; Tune's end is the only witness.
         client.set_tag(run.info.run_id, "status", str(Status.STOPPED))
+        if reason:
+            client.set_tag(run.info.run_id, "status_reason", reason)
         client.set_terminated(run.info.run_id, status=Status.STOPPED.mlflow_run_status)
     return len(runs)
 

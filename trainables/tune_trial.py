@@ -110,10 +110,14 @@ def tune_trial(config: dict) -> None:
     """Tune function trainable: run the spec's trial in this process (inline) or fit a TorchTrainer for it."""
     from ray import tune
 
+    from trainables.ray_setup import node_tags
+
     spec = spec_of(config, tune.get_context().get_trial_id())
     tracking = spec.tracking
     if tracking is not None:
-        tracking = tracking.with_tags({"ray.trial_id": tune.get_context().get_trial_id(), "rcgm.cell": spec.key})
+        # The node of this Tune trial process: where an inline trial runs (a TorchTrainer's rank 0 retags).
+        tracking = tracking.with_tags({"ray.trial_id": tune.get_context().get_trial_id(), "rcgm.cell": spec.key,
+                                       **node_tags()})
     try:
         if spec.runner == "inline":
             run_inline(spec.config, tracking)

@@ -66,9 +66,11 @@ def train_fn_per_worker(loop_config: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     placement = Placement(str(ray.train.torch.get_device()), rank, world,
                           wrap_model=ray.train.torch.prepare_model if world > 1 else None)
+    from trainables.ray_setup import node_tags
+
     tracking = loop_config["tracking"]
     if tracking is not None:
-        tracking = tracking.with_tags({"ray.job_id": ray.get_runtime_context().get_job_id()})
+        tracking = tracking.with_tags({"ray.job_id": ray.get_runtime_context().get_job_id(), **node_tags()})
 
     def report(metrics: dict, state_dir) -> None:
         ckpt = ray.train.Checkpoint.from_directory(str(state_dir)) if state_dir is not None else None
