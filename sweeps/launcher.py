@@ -244,7 +244,6 @@ def run_sweep(plan: SweepPlan) -> int:
         return EXIT_BAD_INPUT
     started = time.time()
     print(f"tracking: {plan.tracking_uri} (experiment {plan.experiment!r}); checkpoints: {plan.storage_path}/{plan.name}", flush=True)
-    restore = stop_gracefully_on_sigterm()
     try:
         return _run_trials(plan, parent_run_id, started)
     except SweepError as err:
@@ -259,8 +258,6 @@ def run_sweep(plan: SweepPlan) -> int:
         close_sweep_run(plan.tracking_uri, parent_run_id, time.time() - started, status="FAILED",
                         reason=f"{type(err).__name__}: {err}"[:500])
         raise
-    finally:
-        restore()
 
 
 def _run_trials(plan: SweepPlan, parent_run_id: str, started: float) -> int:
@@ -269,8 +266,12 @@ def _run_trials(plan: SweepPlan, parent_run_id: str, started: float) -> int:
     from trainables.ray_setup import init_ray
 
     init_ray(plan.address, verbose=plan.verbose)
-    tuner = build_tuner(plan, parent_run_id)
-    results = tuner.fit()
+    # After ray.init: Ray's core installs its own SIGTERM handler (a crash dump, then abort).
+    restore = stop_gracefully_on_sigterm()
+    try:
+        results = build_tuner(plan, parent_run_id).fit()
+    finally:
+        restore()
     if results.num_terminated + results.num_errors < plan.total_trials:
         # Tune caught a SIGINT (or our SIGTERM): it saved its state and returned early.
         _close_interrupted(plan, parent_run_id, started)

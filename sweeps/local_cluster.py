@@ -23,6 +23,7 @@ unless asked with --purge.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import secrets
@@ -120,12 +121,25 @@ def end_sessions(sids: list[int], grace: float = 20.0) -> list[int]:
     return [p for s in sids for p in session_members(s)]
 
 
-def wait_for(what: str, check, timeout: float, log: Path | None = None) -> None:
-    """Poll check() until it is true, or raise naming what did not come up and where its log is."""
+def log_tail(log: Path | None, lines: int = 3) -> str:
+    """The last lines of a log, on one line, for an error message."""
+    if not log or not log.exists():
+        return ""
+    tail = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()][-lines:]
+    return " | ".join(tail)
+
+
+def wait_for(what: str, check, timeout: float, log: Path | None = None, pid: int | None = None) -> None:
+    """Poll check() until it is true, or raise naming what did not come up and where its log is.
+
+    With pid, a process that has exited fails at once instead of after the timeout.
+    """
     deadline = time.time() + timeout
     while time.time() < deadline:
         if check():
             return
+        if pid is not None and not alive(pid):
+            raise ClusterError(f"{what} exited while starting: {log_tail(log)} (its log: {log})")
         time.sleep(1)
     where = f"; its log: {log}" if log else ""
     raise ClusterError(f"{what} did not come up within {timeout:.0f} s{where}")
@@ -182,6 +196,10 @@ class LocalCluster:
                                f"shows it, `down` ends it")
         if workers < 1 or cpus_per_worker <= 0:
             raise ClusterError("--workers must be >= 1 and --cpus-per-worker > 0")
+        if importlib.util.find_spec("psycopg2") is None:
+            raise ClusterError("the MLflow server's PostgreSQL driver is missing: pip install psycopg2-binary "
+                               "(a dependency of the project: `make install` installs it)")
+        postgres_bin("postgres")  # refused here, with the apt-get line, before anything starts
         started = time.time()
         # Ray's unix sockets must stay under 108 bytes: its temp dirs go under /tmp, named after this cluster.
         tmp = Path(f"/tmp/rcgm-cluster-{secrets.token_hex(3)}")
@@ -234,10 +252,10 @@ class LocalCluster:
         port = free_port()
         self.state["ports"] = {"postgres": port}
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"}
-        self.launch("postgres", [postgres_bin("postgres"), "-D", str(data), "-h", "127.0.0.1", "-p", str(port),
+        pid = self.launch("postgres", [postgres_bin("postgres"), "-D", str(data), "-h", "127.0.0.1", "-p", str(port),
                                  "-k", str(sock)], env, user=user)
         ready = [postgres_bin("pg_isready"), "-h", "127.0.0.1", "-p", str(port), "-q"]
-        wait_for("PostgreSQL", lambda: subprocess.run(ready).returncode == 0, 60, self.log("postgres"))
+        wait_for("PostgreSQL", lambda: subprocess.run(ready).returncode == 0, 60, self.log("postgres"), pid)
         pg_env = {**env, "PGPASSWORD": self.state["pg_password"]}
         exists = subprocess.run([postgres_bin("psql"), "-h", "127.0.0.1", "-p", str(port), "-U", PG_USER, "-d", "postgres", "-tAc",
                                  f"SELECT 1 FROM pg_database WHERE datname = '{PG_DATABASE}'"],
@@ -260,9 +278,9 @@ class LocalCluster:
         # The password reaches psycopg2 through libpq's PGPASSWORD: never on a command line or in a URI.
         env = {**os.environ, "PGPASSWORD": self.state["pg_password"], "MLFLOW_DISABLE_TELEMETRY": "true",
                "MLFLOW_BACKEND_STORE_URI": f"postgresql+psycopg2://{PG_USER}@127.0.0.1:{self.state['ports']['postgres']}/{PG_DATABASE}"}
-        self.launch("mlflow", [venv_bin("mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+        pid = self.launch("mlflow", [venv_bin("mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
                                "--serve-artifacts", "--artifacts-destination", str(self.dir / "mlflow-artifacts")], env)
-        wait_for("the MLflow server", lambda: http_ok(f"{self.tracking_uri}/health"), 120, self.log("mlflow"))
+        wait_for("the MLflow server", lambda: http_ok(f"{self.tracking_uri}/health"), 120, self.log("mlflow"), pid)
         out(f"  mlflow: {self.tracking_uri} (backend postgresql+psycopg2 on 127.0.0.1:{self.state['ports']['postgres']})", flush=True)
 
     def node_env(self) -> dict:
@@ -290,17 +308,17 @@ class LocalCluster:
         self.state["ports"].update({"gcs": gcs, "dashboard": dash})
         env = self.node_env()
         ray = venv_bin("ray")
-        self.launch("ray-head", [ray, "start", "--head", "--block", f"--temp-dir={tmp / 'head'}", "--num-cpus=0",
+        pid = self.launch("ray-head", [ray, "start", "--head", "--block", f"--temp-dir={tmp / 'head'}", "--num-cpus=0",
                                  "--node-ip-address=127.0.0.1", f"--port={gcs}", "--dashboard-host=127.0.0.1",
                                  f"--dashboard-port={dash}", "--include-dashboard=true", *self._ray_ports()], env)
-        wait_for("the Ray head", lambda: len(self.ray_nodes()) >= 1, 120, self.log("ray-head"))
+        wait_for("the Ray head", lambda: len(self.ray_nodes()) >= 1, 120, self.log("ray-head"), pid)
         out(f"  ray-head: 127.0.0.1:{gcs}, dashboard and job API {self.dashboard_url} (0 CPUs)", flush=True)
         for i in range(1, workers + 1):
             name = f"ray-worker-{i}"
-            self.launch(name, [ray, "start", f"--address=127.0.0.1:{gcs}", "--block", f"--temp-dir={tmp / name}",
+            pid = self.launch(name, [ray, "start", f"--address=127.0.0.1:{gcs}", "--block", f"--temp-dir={tmp / name}",
                                f"--num-cpus={cpus:g}", "--node-ip-address=127.0.0.1", *self._ray_ports()], env)
             # One at a time: nodes joining together on one machine time out under load.
-            wait_for(name, lambda: len(self.ray_nodes()) >= i + 1, 120, self.log(name))
+            wait_for(name, lambda: len(self.ray_nodes()) >= i + 1, 120, self.log(name), pid)
             out(f"  {name}: {cpus:g} CPUs", flush=True)
 
     # -- what users read

@@ -99,8 +99,10 @@ def check_not_temporary(tracking_uri: str, storage_path: str, optuna_storage: st
     lost = lost_with_the_job(tracking_uri, storage_path, optuna_storage)
     if lost:
         raise TemporaryLocation(f"this runs as a Ray job from Ray's temporary copy of the working dir ({REPO_ROOT}), which "
-                                f"Ray deletes with the job; " + " and ".join(lost) + " would be written there. "
-                                "The local cluster's env.sh sets them (python -m sweeps.local_cluster up).")
+                                f"Ray deletes with the job; " + " and ".join(lost) + " would be written there. Give the "
+                                "job these settings: in the nodes' environment (the local cluster's nodes have them), with "
+                                "ray job submit --runtime-env-json '{\"env_vars\": {...}}', or with python -m sweeps.submit, "
+                                "which forwards them from your shell.")
 
 
 def mlflow_ui_command(uri: str) -> str:

@@ -134,6 +134,8 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, verbose: b
 def node_tags() -> dict[str, str]:
     """The Ray node this process runs on (id and address), as run tags: which node ran a trial."""
     import ray
-    from ray.util import get_node_ip_address
 
-    return {"ray.node_id": ray.get_runtime_context().get_node_id(), "ray.node_ip": get_node_ip_address()}
+    node_id = ray.get_runtime_context().get_node_id()
+    # The address the node joined with (--node-ip-address), not this host's first interface.
+    ip = next((n["NodeManagerAddress"] for n in ray.nodes() if n["NodeID"] == node_id), "")
+    return {"ray.node_id": node_id, "ray.node_ip": ip}
