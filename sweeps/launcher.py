@@ -24,7 +24,7 @@ from trainables.locations import REPO_ROOT, check_not_temporary, mlflow_ui_comma
 from trainables.preflight import BAD_INPUT, check_trial_inputs
 from trainables.rcgm.errors import ConfigError
 from trainables.tracking import (
-    TrialTracking, close_sweep_run, git_info, mark_stopped_trials, open_sweep_run, sweep_outcome,
+    TrialTracking, close_sweep_run, ensure_experiment, git_info, mark_stopped_trials, open_sweep_run, sweep_outcome,
 )
 from trainables.tune_trial import SearchTemplate, TrialSpec, apply_cell
 
@@ -285,7 +285,8 @@ def _run_trials(plan: SweepPlan, parent_run_id: str, started: float) -> int:
     print(f"sweep {plan.name!r} done in {wall / 60:.1f} min; MLflow parent run {parent_run_id} in experiment {plan.experiment!r}")
     if plan.report:
         print(report_line(plan, parent_run_id))
-    print(f"open the MLflow UI: {mlflow_ui_command(plan.tracking_uri)}")
+    experiment_id = ensure_experiment(plan.tracking_uri, plan.experiment)
+    print(f"open the MLflow UI: {mlflow_ui_command(plan.tracking_uri, experiment_id)}")
     close_sweep_run(plan.tracking_uri, parent_run_id, wall)
     errors = sum(1 for r in results if r.error)
     if errors:

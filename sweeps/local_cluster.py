@@ -8,12 +8,15 @@
 
 `up` starts PostgreSQL (Debian's packages, its own data directory, 127.0.0.1 only), an `mlflow
 server` on it (postgresql+psycopg2 backend store, proxied artifacts), a Ray head that takes no
-trials (0 CPUs), worker nodes, and one shared folder for checkpoints; every server listens on
-127.0.0.1, Ray's token auth is on. Each Ray node is its own `ray start` with its own temp dir and
-ports: separate raylets, object stores and node ids on one address (network namespaces, which
-would give each node its own address, are not used). The nodes carry MLFLOW_TRACKING_URI,
-RCGM_STORAGE_PATH and RCGM_RUNS_DIR in their environment, as the compose file's do, so a job
-submitted with no flags tracks to the server and checkpoints to the shared folder.
+trials (0 CPUs), worker nodes, and one shared folder for checkpoints. PostgreSQL, MLflow and Ray's
+dashboard listen on 127.0.0.1 only; Ray's token auth is on. Each Ray node is its own `ray start`
+with its own temp dir and ports: separate raylets, object stores and node ids, all on this host's
+address (Ray 2.60 turns a --node-ip-address of 127.0.0.1 into the host's address, and its GCS and
+raylets bind every interface: no flag keeps them on loopback). Network namespaces, which would give
+each node its own address, are not used: a node inside one could not reach services on the host's
+127.0.0.1. The nodes carry MLFLOW_TRACKING_URI, RCGM_STORAGE_PATH and RCGM_RUNS_DIR in their
+environment, as the compose file's do, so a job submitted with no flags tracks to the server and
+checkpoints to the shared folder.
 
 `down` ends exactly the processes `up` started: every process in the session each of them
 leads (by process id, never `ray stop`, which ends every Ray of the user). It removes nothing
@@ -309,14 +312,14 @@ class LocalCluster:
         env = self.node_env()
         ray = venv_bin("ray")
         pid = self.launch("ray-head", [ray, "start", "--head", "--block", f"--temp-dir={tmp / 'head'}", "--num-cpus=0",
-                                 "--node-ip-address=127.0.0.1", f"--port={gcs}", "--dashboard-host=127.0.0.1",
+                                 f"--port={gcs}", "--dashboard-host=127.0.0.1",
                                  f"--dashboard-port={dash}", "--include-dashboard=true", *self._ray_ports()], env)
         wait_for("the Ray head", lambda: len(self.ray_nodes()) >= 1, 120, self.log("ray-head"), pid)
         out(f"  ray-head: 127.0.0.1:{gcs}, dashboard and job API {self.dashboard_url} (0 CPUs)", flush=True)
         for i in range(1, workers + 1):
             name = f"ray-worker-{i}"
             pid = self.launch(name, [ray, "start", f"--address=127.0.0.1:{gcs}", "--block", f"--temp-dir={tmp / name}",
-                               f"--num-cpus={cpus:g}", "--node-ip-address=127.0.0.1", *self._ray_ports()], env)
+                               f"--num-cpus={cpus:g}", *self._ray_ports()], env)
             # One at a time: nodes joining together on one machine time out under load.
             wait_for(name, lambda: len(self.ray_nodes()) >= i + 1, 120, self.log(name), pid)
             out(f"  {name}: {cpus:g} CPUs", flush=True)

@@ -37,6 +37,9 @@ def test_environment_overrides(tmp_path, monkeypatch):
     assert locations.default_tracking_uri() == "http://127.0.0.1:5000"
     assert locations.mlflow_ui_command("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
     assert locations.mlflow_ui_command("sqlite:////x/mlflow.db") == "mlflow ui --backend-store-uri sqlite:////x/mlflow.db"
+    # The model-training view, not 3.17's GenAI overview, for an experiment's page.
+    assert locations.mlflow_ui_command("http://h:5000/", "7") == "http://h:5000/#/experiments/7?workflowType=machine_learning"
+    assert locations.mlflow_ui_command("sqlite:////x/m.db", "7").endswith("http://127.0.0.1:5000/#/experiments/7?workflowType=machine_learning")
 
 
 def test_the_dashboards_and_the_collector_agree_with_the_sweeps_on_the_store(monkeypatch, tmp_path):

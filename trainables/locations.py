@@ -105,6 +105,13 @@ def check_not_temporary(tracking_uri: str, storage_path: str, optuna_storage: st
                                 "which forwards them from your shell.")
 
 
-def mlflow_ui_command(uri: str) -> str:
-    """The command (or address) that opens the MLflow UI on this store."""
-    return f"mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite") else uri
+def mlflow_ui_command(uri: str, experiment_id: str | None = None) -> str:
+    """The command (or address) that opens the MLflow UI on this store, at the experiment's runs when given.
+
+    MLflow 3.17's UI opens every experiment on its GenAI overview (traces, token usage) unless the
+    page address asks for the model-training view with ?workflowType=machine_learning.
+    """
+    page = f"/#/experiments/{experiment_id}?workflowType=machine_learning" if experiment_id else ""
+    if uri.startswith("sqlite"):
+        return f"mlflow ui --backend-store-uri {uri}" + (f", then http://127.0.0.1:5000{page}" if page else "")
+    return uri.rstrip("/") + page

@@ -18,7 +18,7 @@ from trainables.locations import check_not_temporary, default_storage_path, defa
 from trainables.preflight import BAD_INPUT, check_trial_inputs
 from trainables.ray_setup import resolve_ray_address
 from trainables.status import Status
-from trainables.tracking import TrialTracking, check_tracking_uri, git_info, trial_run_id
+from trainables.tracking import TrialTracking, check_tracking_uri, ensure_experiment, git_info, trial_run_id
 
 EXIT_BAD_INPUT, EXIT_UNHEALTHY = 2, 3
 # The one-trial command's own defaults: a shorter trial than a sweep cell.
@@ -101,7 +101,7 @@ def main(argv=None) -> int:
     if uri is not None:
         run_id = trial_run_id(uri, args.experiment, name)
         print(f"MLflow: experiment {args.experiment!r}, run {run_id} (status {status})")
-        print(f"open the UI: {mlflow_ui_command(uri)}")
+        print(f"open the UI: {mlflow_ui_command(uri, ensure_experiment(uri, args.experiment))}")
     return 0 if status == Status.FINISHED else EXIT_UNHEALTHY
 
 

@@ -20,7 +20,8 @@ from trainables.locations import REPO_ROOT
 from trainables.status import Status
 
 TRIAL_KEY_TAG = "rcgm.trial_key"
-# MLflow 3's UI picks an experiment's view from this tag; without it a new one opens on the GenAI overview.
+# The view MLflow 3's UI gives the experiment when its workflow switch is off; with the switch on
+# (3.17's default) the page address picks it: locations.mlflow_ui_command adds ?workflowType=machine_learning.
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 PACKAGES = ("torch", "ray", "mlflow", "timm", "optuna", "rcgm-sweeps")
 

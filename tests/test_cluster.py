@@ -1,0 +1,220 @@
+"""The local cluster for real: PostgreSQL, an mlflow server on it, a 0-CPU Ray head and two worker nodes.
+
+Everything here goes through the commands a user types: `python -m sweeps.local_cluster up/status/down`
+and the literal `ray job submit --working-dir . -- python sweeps/kappa_by_order.py ...` line of the
+README, with the environment `up` prints.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import PYTHON, REPO_ROOT, keep_artifact, keep_artifact_text, run_cli
+
+pytestmark = pytest.mark.slow  # a whole cluster: ~30 s to bring up, a few minutes of jobs
+
+RAY = str(Path(PYTHON).with_name("ray"))
+SMOKE = ["python", "sweeps/kappa_by_order.py", "--smoke"]
+
+
+def _cluster_processes(tmp: str) -> list[int]:
+    """Processes whose command line names the cluster's temp folder (read only: nothing is killed by name)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if tmp.encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                pass
+    return found
+
+
+class Cluster:
+    """A cluster brought up by the launcher's CLI, and what a client of it needs."""
+
+    def __init__(self, folder: Path):
+        self.dir = folder
+        self.up = run_cli(["-m", "sweeps.local_cluster", "up", "--dir", str(folder), "--workers", "2"], timeout=400)
+        assert self.up.returncode == 0, (self.up.stdout + self.up.stderr)[-3000:]
+        self.state = json.loads((folder / "cluster.json").read_text())
+        self.env = {}
+        for line in (folder / "env.sh").read_text().splitlines():
+            key, _, value = line.removeprefix("export ").partition("=")
+            self.env[key] = value
+        # As with an activated venv: the `ray` CLI, as the README's line types it.
+        self.env["PATH"] = f"{Path(PYTHON).parent}:{os.environ.get('PATH', '')}"
+
+    @property
+    def uri(self) -> str:
+        return self.env["MLFLOW_TRACKING_URI"]
+
+    def ray(self, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+        """The Ray CLI with the cluster's environment, from the repository root."""
+        return subprocess.run([RAY, *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout,
+                              env={**os.environ, **self.env})
+
+    def submit(self, *entrypoint: str, extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+        """`ray job submit --working-dir . [extra] -- entrypoint`, as written in the README."""
+        return self.ray("job", "submit", "--working-dir", ".", *extra, "--", *entrypoint)
+
+    def psql(self, sql: str) -> str:
+        """One value from the cluster's PostgreSQL, through its password (as the MLflow server logs in)."""
+        psql = sorted(Path("/usr/lib/postgresql").glob("*/bin/psql"))[-1]
+        out = subprocess.run([str(psql), "-h", "127.0.0.1", "-p", str(self.state["ports"]["postgres"]), "-U", "rcgm", "-d",
+                              "mlflow", "-tAc", sql], capture_output=True, text=True, timeout=30,
+                             env={"PATH": "/usr/bin:/bin", "PGPASSWORD": self.state["pg_password"]})
+        assert out.returncode == 0, out.stderr
+        return out.stdout.strip()
+
+    def sweep(self, name: str):
+        """(parent run, child runs) of a sweep, read back over the server's REST API."""
+        client = MlflowClient(self.uri)
+        exp = client.get_experiment_by_name("kappa_by_order")
+        parents = client.search_runs([exp.experiment_id], f"tags.`rcgm.sweep` = '{name}' and tags.`rcgm.kind` = 'sweep'")
+        assert len(parents) == 1, parents
+        kids = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}'")
+        return parents[0], kids
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    # Under /tmp, open to all: PostgreSQL runs as the postgres user, which must reach its data dir.
+    folder = Path(tempfile.mkdtemp(prefix="rcgm-lc-", dir="/tmp"))
+    folder.chmod(0o755)
+    c = Cluster(folder)
+    yield c
+    for log in (folder / "logs").glob("*.log"):
+        keep_artifact(log, f"cluster_{log.name}")
+    down = run_cli(["-m", "sweeps.local_cluster", "down", "--dir", str(folder), "--purge"], timeout=120)
+    # down ends every process up started, and only those; nothing of the cluster is left running.
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert _cluster_processes(c.state["tmp"]) == []
+    assert not folder.exists()
+
+
+@pytest.fixture(scope="module")
+def smoke_job(cluster):
+    """The README's line, exactly: no tracking or storage flags, the nodes' environment supplies both."""
+    proc = cluster.submit(*SMOKE, "--name", "cluster-smoke")
+    keep_artifact_text(proc.stdout + proc.stderr, "cluster_job_submit.txt")
+    return proc
+
+
+def test_up_starts_every_service_on_loopback(cluster):
+    out = cluster.up.stdout
+    for key in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_TOKEN", "MLFLOW_TRACKING_URI", "RCGM_STORAGE_PATH"):
+        assert f"export {key}=" in out  # the exact environment to export is printed
+    status = run_cli(["-m", "sweeps.local_cluster", "status", "--dir", str(cluster.dir)], timeout=60)
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert "3 nodes alive" in status.stdout and status.stdout.count("(worker ") == 2 and status.stdout.count("(head ") == 1
+    assert cluster.psql("SHOW listen_addresses") == "127.0.0.1"
+    assert cluster.env["MLFLOW_TRACKING_URI"].startswith("http://127.0.0.1:")
+
+
+def test_a_second_up_is_refused_while_one_runs(cluster):
+    again = run_cli(["-m", "sweeps.local_cluster", "up", "--dir", str(cluster.dir)], timeout=60)
+    assert again.returncode == 2 and "already up" in again.stderr
+
+
+def test_readme_job_line_tracks_to_postgres_across_two_nodes(cluster, smoke_job):
+    out = smoke_job.stdout + smoke_job.stderr
+    assert smoke_job.returncode == 0 and "succeeded" in out, out[-4000:]
+    parent, kids = cluster.sweep("cluster-smoke")
+    assert parent.info.status == "FINISHED"
+    assert sorted(k.info.run_name for k in kids) == ["N1-k0.9-s0", "N1-k0.999-s0", "N2-k0.9-s0", "N2-k0.999-s0"]
+    assert all(k.data.tags["status"] == "finished" for k in kids)
+    # Trials ran on both worker nodes, none on the 0-CPU head.
+    nodes = {k.data.tags["ray.node_id"] for k in kids}
+    assert len(nodes) == 2, nodes
+    head = subprocess.run([PYTHON, "-c", "import ray, json; ray.init(); "
+                           "print(json.dumps([n['NodeID'] for n in ray.nodes() if n['Alive'] and "
+                           "n['Resources'].get('CPU', 0) == 0]))"], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **cluster.env}, cwd=REPO_ROOT)
+    assert head.returncode == 0, head.stderr[-2000:]
+    assert nodes.isdisjoint(json.loads(head.stdout.strip().splitlines()[-1]))
+    # The rows are in PostgreSQL (the server's backend store), not in some SQLite file.
+    assert int(cluster.psql(f"SELECT count(*) FROM runs WHERE experiment_id = {int(parent.info.experiment_id)} "
+                            "AND status = 'FINISHED'")) >= 5
+    # Checkpoints and Tune's state on the shared storage path; the report in the parent run.
+    assert (Path(cluster.env["RCGM_STORAGE_PATH"]) / "cluster-smoke").is_dir()
+    artifacts = {a.path for a in MlflowClient(cluster.uri).list_artifacts(parent.info.run_id, "report")}
+    assert "report/report.html" in artifacts
+    # The closing lines point where the results are, never into Ray's temporary copy of the code.
+    closing = [line for line in out.splitlines() if line.startswith(("report:", "open the MLflow UI:", "tracking:"))]
+    assert closing and not any("runtime_resources" in line for line in closing), closing
+    assert f"open the MLflow UI: {cluster.uri}/#/experiments/{parent.info.experiment_id}?workflowType=machine_learning" in out
+
+
+def test_mlflow_ui_link_opens_the_sweeps_runs(cluster, smoke_job, tmp_path):
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.fail("chromium is not installed: `make test` installs Debian's chromium")
+    link = next(line.split(": ", 1)[1] for line in smoke_job.stdout.splitlines() if line.startswith("open the MLflow UI: "))
+    base = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+            f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=30000"]
+    dom = subprocess.run([*base, "--dump-dom", link], capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    # The runs table with the sweep in it, not the GenAI overview MLflow 3.17 opens by default.
+    assert "cluster-smoke" in dom.stdout and "Run Name" in dom.stdout
+    shot = tmp_path / "ui.png"
+    subprocess.run([*base, "--window-size=1400,900", f"--screenshot={shot}", link], capture_output=True, timeout=120)
+    if shot.exists():
+        keep_artifact(shot, "cluster_mlflow_ui.png")
+
+
+def test_job_whose_results_would_be_lost_is_refused(cluster):
+    before = int(cluster.psql("SELECT count(*) FROM runs"))
+    # A plain Ray cluster: nothing tells the job where to track or checkpoint.
+    blank = json.dumps({"env_vars": {"MLFLOW_TRACKING_URI": "", "RCGM_STORAGE_PATH": "", "RCGM_RUNS_DIR": ""}})
+    proc = cluster.submit(*SMOKE, "--name", "lost", extra=("--runtime-env-json", blank))
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "exit code 2" in out, out[-3000:]
+    assert "Ray deletes with the job" in out and "MLFLOW_TRACKING_URI" in out and "RCGM_STORAGE_PATH" in out
+    assert int(cluster.psql("SELECT count(*) FROM runs")) == before  # refused before any run was opened
+
+
+def test_job_stop_then_the_same_submission_resumes(cluster):
+    args = [*SMOKE, "--name", "stop-me", "--steps", "20000", "--eval-every", "500", "--no-report"]
+    first = cluster.ray("job", "submit", "--no-wait", "--working-dir", ".", "--", *args, timeout=120)
+    assert first.returncode == 0, first.stderr[-2000:]
+    job_id = next(w.strip("'") for w in first.stdout.split() if w.strip("'").startswith("raysubmit_"))
+    deadline = time.time() + 300
+    while time.time() < deadline:  # until some trial is well into training
+        try:
+            _, kids = cluster.sweep("stop-me")
+        except (AssertionError, AttributeError):
+            kids = []
+        client = MlflowClient(cluster.uri)
+        if any(max((m.step for m in client.get_metric_history(k.info.run_id, "loss")), default=0) >= 2000 for k in kids):
+            break
+        time.sleep(2)
+    else:
+        pytest.fail("no trial reached step 2000: " + cluster.ray("job", "logs", job_id, timeout=60).stdout[-3000:])
+    stop = cluster.ray("job", "stop", job_id, timeout=120)
+    assert stop.returncode == 0, stop.stdout + stop.stderr
+    parent, kids = cluster.sweep("stop-me")
+    # SIGTERM stopped the sweep as Ctrl-C does: Tune saved its state, the runs say what happened.
+    assert parent.info.status == "KILLED" and "interrupted" in parent.data.tags["status_reason"]
+    assert all(k.info.status != "RUNNING" for k in kids)
+    logs = cluster.ray("job", "logs", job_id, timeout=60).stdout
+    assert "the same command resumes it" in logs, logs[-3000:]
+
+    again = cluster.submit(*args)
+    assert again.returncode == 0, (again.stdout + again.stderr)[-4000:]
+    assert "resuming sweep" in again.stdout
+    parent, kids = cluster.sweep("stop-me")
+    assert parent.info.status == "FINISHED" and "status_reason" not in parent.data.tags
+    keys = [k.data.tags["rcgm.trial_key"] for k in kids]
+    assert len(keys) == 4 == len(set(keys))  # one child run per cell
+    assert all(k.data.tags["status"] == "finished" and k.data.metrics["final_step"] == 20000 for k in kids)
+    assert any(k.data.metrics.get("resumed_from_step", 0) > 0 for k in kids)  # continued, not restarted
