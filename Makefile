@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: sweep test test-fast install chromium report clean-runs
+.PHONY: sweep test test-fast install chromium system-packages report clean-runs cluster-up cluster-down
 
 install: $(STAMP)
 
@@ -24,11 +24,17 @@ sweep: $(STAMP)
 report: $(STAMP)
 	$(PY) -m dashboards.report $(ARGS)
 
-# The report test renders HTML in headless Chromium from Debian's packages.
-chromium:
-	@command -v chromium >/dev/null 2>&1 || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; }
+# Debian's packages the tests use: Chromium (the report and MLflow UI pages, headless) and
+# PostgreSQL (the local cluster's MLflow backend store, tests/test_cluster.py). Installed once.
+DEBIAN_PACKAGES = $(if $(shell command -v chromium),,chromium chromium-driver) \
+	$(if $(wildcard /usr/lib/postgresql/*/bin/postgres),,postgresql)
 
-test: $(STAMP) chromium
+system-packages:
+	@test -z "$(strip $(DEBIAN_PACKAGES))" || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(DEBIAN_PACKAGES); }
+
+chromium: system-packages
+
+test: $(STAMP) system-packages
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # While working: everything but the tests marked slow (real Ray, MLflow stores and servers, deploy
@@ -38,3 +44,10 @@ test-fast: $(STAMP)
 
 clean-runs:
 	rm -rf runs .test-state
+
+# A multi-node cluster on this machine (PostgreSQL, mlflow server, Ray head and workers): docs/deploy.md.
+cluster-up: $(STAMP) system-packages
+	$(PY) -m sweeps.local_cluster up $(ARGS)
+
+cluster-down: $(STAMP)
+	$(PY) -m sweeps.local_cluster down $(ARGS)

@@ -12,6 +12,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import PYTHON, REPO_ROOT, keep_artifact, keep_artifact_text, run_cli
+from sweeps.local_cluster import end_sessions
 
 SCRIPT = "sweeps/kappa_by_order.py"
 
@@ -131,8 +132,8 @@ def test_killed_driver_resumes_without_duplicates(sqlite_uri, tmp_path):
     finally:
         os.killpg(first.pid, signal.SIGKILL)
         first.wait()
-        # Ray's daemons may have outlived the driver: end every process of that Ray session.
-        subprocess.run(["pkill", "-9", "-f", ray_tmp], check=False)
+        # Ray's daemons outlive a SIGKILLed driver, in its session: end that session's processes, by pid.
+        end_sessions([first.pid], grace=5)
     _, kids = _children(sqlite_uri, "resume-me")
     assert any(k.data.tags.get("status") != "finished" for k in kids) or len(kids) < 4, "it was not killed mid-sweep"
 
@@ -178,7 +179,7 @@ def test_ray_job_submit_against_a_started_head(sqlite_uri, tmp_path):
             head.wait(timeout=30)
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
-        subprocess.run(["pkill", "-9", "-f", ray_tmp], check=False)
+        end_sessions([head.pid], grace=5)  # the head's daemons, by pid: never by name, never `ray stop`
     _, kids = _children(sqlite_uri, "submitted")
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True).stdout.strip()
     assert len(kids) == 4 and all(k.data.tags["status"] == "finished" for k in kids)
@@ -201,6 +202,29 @@ def test_bad_flags_fail_before_ray_starts(flags, needle):
     assert needle in proc.stderr
     assert "Started a local Ray" not in proc.stdout + proc.stderr
     assert time.time() - started < 60
+
+
+@pytest.mark.parametrize("where", ["flag", "stale-file"])
+def test_dead_ray_address_is_refused_in_seconds(where, sqlite_uri, tmp_path):
+    # Ray itself retries a dead address for minutes without a word; a head that died uncleanly
+    # leaves its address in the current-cluster file, which a plain `make sweep` would join.
+    env = {"RAY_TMPDIR": str(tmp_path)}
+    flags = ["--address", "127.0.0.1:9"] if where == "flag" else []
+    if where == "stale-file":
+        (tmp_path / "ray").mkdir()
+        (tmp_path / "ray" / "ray_current_cluster").write_text("127.0.0.1:9\n")
+    started = time.time()
+    proc = run_cli([SCRIPT, "--smoke", "--tracking-uri", sqlite_uri, *flags], timeout=120, env=env)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "no Ray cluster answers at 127.0.0.1:9" in proc.stderr
+    assert ("current-cluster file" in proc.stderr) == (where == "stale-file")
+    assert time.time() - started < 60
+    assert _children(sqlite_uri, "moons-smoke") == (None, [])  # no MLflow run was opened
+
+
+def test_dashboard_address_given_as_ray_address_is_explained():
+    proc = run_cli([SCRIPT, "--smoke", "--address", "http://127.0.0.1:8265"], timeout=120)
+    assert proc.returncode == 2 and "RAY_API_SERVER_ADDRESS" in proc.stderr, proc.stderr
 
 
 @pytest.mark.slow
