@@ -20,7 +20,9 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 from trainables.config import TrialConfig
-from trainables.locations import REPO_ROOT, check_not_temporary, mlflow_ui_command, reports_dir, temporary_checkout
+from trainables.locations import (
+    REPO_ROOT, check_not_temporary, check_storage_path, mlflow_ui_command, reports_dir, temporary_checkout,
+)
 from trainables.preflight import BAD_INPUT, check_trial_inputs
 from trainables.rcgm.errors import ConfigError
 from trainables.tracking import (
@@ -109,6 +111,7 @@ def validate(plan: SweepPlan) -> SweepPlan:
             plan.cell_config({name: high})
     check_trial_inputs(plan.base)
     check_not_temporary(plan.tracking_uri, plan.storage_path, plan.optuna_storage)  # before the check creates a store there
+    check_storage_path(plan.storage_path)
     plan.tracking_uri = check_tracking_uri(plan.tracking_uri)
     return plan
 
@@ -308,7 +311,8 @@ def report_line(plan: SweepPlan, parent_run_id: str) -> str:
     if lost:
         shutil.rmtree(out, ignore_errors=True)
         return f"report: {artifacts} (set RCGM_RUNS_DIR for a copy on disk)"
-    return f"report: {path} (and in {artifacts})"
+    # The path alone on its line: people copy it into a browser.
+    return f"report: {path}\n  (also in {artifacts})"
 
 
 def _close_interrupted(plan: SweepPlan, parent_run_id: str, started: float) -> None:

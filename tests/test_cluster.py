@@ -218,3 +218,16 @@ def test_job_stop_then_the_same_submission_resumes(cluster):
     assert len(keys) == 4 == len(set(keys))  # one child run per cell
     assert all(k.data.tags["status"] == "finished" and k.data.metrics["final_step"] == 20000 for k in kids)
     assert any(k.data.metrics.get("resumed_from_step", 0) > 0 for k in kids)  # continued, not restarted
+
+
+def test_job_without_a_runs_dir_keeps_its_report_in_mlflow(cluster):
+    # Tracking and checkpoints are set, but the report's folder would be Ray's temporary copy.
+    blank = json.dumps({"env_vars": {"RCGM_RUNS_DIR": ""}})
+    proc = cluster.submit(*SMOKE, "--name", "report-in-mlflow", extra=("--runtime-env-json", blank))
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    parent, _ = cluster.sweep("report-in-mlflow")
+    line = next(line for line in out.splitlines() if line.startswith("report: "))
+    assert line.startswith(f"report: MLflow parent run {parent.info.run_id}, artifacts report/report.html"), line
+    artifacts = {a.path for a in MlflowClient(cluster.uri).list_artifacts(parent.info.run_id, "report")}
+    assert "report/report.html" in artifacts

@@ -193,6 +193,8 @@ def test_ray_job_submit_against_a_started_head(sqlite_uri, tmp_path):
     (["--time-schedule", "cosine"], "--time-schedule"),
     (["--tracking-uri", "http://127.0.0.1:9"], "unreachable"),
     (["--trial-runner", "bogus"], "--trial-runner"),
+    (["--storage-path", "/proc/nope"], "--storage-path"),
+    (["--storage-path", "/etc/hostname/ray"], "--storage-path"),
     (["--trial-runner", "inline", "--workers", "2"], "--trial-runner"),
 ])
 def test_bad_flags_fail_before_ray_starts(flags, needle):

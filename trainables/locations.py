@@ -105,6 +105,28 @@ def check_not_temporary(tracking_uri: str, storage_path: str, optuna_storage: st
                                 "which forwards them from your shell.")
 
 
+class StorageUnavailable(RuntimeError):
+    """The checkpoint storage path cannot be written; the message says what to change."""
+
+
+def check_storage_path(storage_path: str) -> None:
+    """Refuse a local storage path that cannot be created or written (s3:// and other URIs are the cloud's to check).
+
+    Looks at the nearest folder that exists, without creating anything: a dry run stays free of side effects.
+    """
+    if "://" in storage_path and not storage_path.startswith("file://"):
+        return
+    path = Path(storage_path.removeprefix("file://")).expanduser()
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        what = "is not a folder" if existing is not None and not existing.is_dir() else "cannot be written"
+        raise StorageUnavailable(f"storage path {storage_path} {what} (nearest existing: {existing}): change "
+                                 f"--storage-path or RCGM_STORAGE_PATH to a folder you can write, shared by every node")
+    if existing.resolve().is_relative_to(Path("/proc")) or existing.resolve().is_relative_to(Path("/sys")):
+        raise StorageUnavailable(f"storage path {storage_path} is inside {existing}, a kernel file system: change "
+                                 f"--storage-path or RCGM_STORAGE_PATH")
+
+
 def mlflow_ui_command(uri: str, experiment_id: str | None = None) -> str:
     """The command (or address) that opens the MLflow UI on this store, at the experiment's runs when given.
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from trainables.config import TrialConfig, with_flag
 from trainables.data import load_task
 from trainables.data.catalog import DatasetUnavailable
-from trainables.locations import TemporaryLocation
+from trainables.locations import StorageUnavailable, TemporaryLocation
 from trainables.metrics.frechet import FIDUnavailable
 from trainables.ray_setup import RayUnavailable
 from trainables.rcgm.errors import ConfigError
@@ -13,7 +13,7 @@ from trainables.tracking import SweepRunConflict, TrackingUnavailable
 
 # Every error that means "the input is bad, nothing ran": entry points print it in one line and exit 2.
 BAD_INPUT = (ConfigError, TrackingUnavailable, DatasetUnavailable, FIDUnavailable, SweepRunConflict, RayUnavailable,
-             TemporaryLocation)
+             TemporaryLocation, StorageUnavailable)
 
 
 def check_trial_inputs(cfg: TrialConfig) -> None:

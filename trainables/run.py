@@ -14,7 +14,7 @@ import uuid
 
 from trainables.cli import add_trial_arguments, trial_values_from_args
 from trainables.config import TrialConfig
-from trainables.locations import check_not_temporary, default_storage_path, default_tracking_uri, mlflow_ui_command
+from trainables.locations import check_not_temporary, check_storage_path, default_storage_path, default_tracking_uri, mlflow_ui_command
 from trainables.preflight import BAD_INPUT, check_trial_inputs
 from trainables.ray_setup import resolve_ray_address
 from trainables.status import Status
@@ -79,6 +79,7 @@ def main(argv=None) -> int:
         if not args.local:
             # Under `ray job submit`: nothing may default into Ray's temporary copy of the code.
             check_not_temporary(uri or "", args.storage_path or default_storage_path())
+            check_storage_path(args.storage_path or default_storage_path())
         uri = uri and check_tracking_uri(uri)
         check_trial_inputs(cfg)  # a missing dataset or FID weights are refused before compute
         if not args.local and not args.dry_run:
