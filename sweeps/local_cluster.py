@@ -99,27 +99,27 @@ def session_members(sid: int) -> list[int]:
 
 
 def alive(pid: int) -> bool:
-    """True while the process exists and has not exited."""
-    return bool(session_members(pid)) and pid in session_members(pid)
+    """True while the process (a session leader we started) exists and has not exited."""
+    return pid in session_members(pid)
+
+
+def signal_sessions(sids: list[int], sig: int) -> None:
+    """Send sig to every process of these sessions, by pid (one that exits meanwhile is skipped)."""
+    for sid in sids:
+        for pid in session_members(sid):
+            try:
+                os.kill(pid, sig)
+            except OSError:
+                pass
 
 
 def end_sessions(sids: list[int], grace: float = 20.0) -> list[int]:
     """SIGTERM every process of these sessions, SIGKILL what is left after grace; return what survived."""
-    for sid in sids:
-        for pid in session_members(sid):
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except OSError:
-                pass
+    signal_sessions(sids, signal.SIGTERM)
     deadline = time.time() + grace
     while time.time() < deadline and any(session_members(s) for s in sids):
         time.sleep(0.5)
-    for sid in sids:
-        for pid in session_members(sid):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
+    signal_sessions(sids, signal.SIGKILL)
     time.sleep(1)
     return [p for s in sids for p in session_members(s)]
 
