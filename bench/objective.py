@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import torch
 
 from bench.machine import describe, machine_info, markdown_table
-from bench.memory import SavedActivations
+from trainables.saved_activations import SavedActivations
 
 # name -> (per-sample shape, num_classes, batch): the method notes' Moons net and MNIST-sized / latent DiTs.
 MODELS = {

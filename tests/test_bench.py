@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from bench import objective as bench_objective
-from bench.memory import SavedActivations
+from trainables.saved_activations import SavedActivations
 from bench.platform_cost import summarize_trial
 from bench.sweep_timeline import sweep_timeline
 from bench.steptimer import ENV as EVENTS_ENV, load_events

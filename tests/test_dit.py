@@ -98,8 +98,11 @@ def test_labels_matter_after_training_steps():
     assert not torch.allclose(a, null)
 
 
-def test_jvp_through_model_matches_finite_difference():
-    model = randomize(build_dit("DiT-XS/4", SHAPE, 10)).double()
+@pytest.mark.parametrize("fused", [False, True], ids=["math", "sdpa-math-kernel"])
+def test_jvp_through_model_matches_finite_difference(fused):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    model = randomize(build_dit("DiT-XS/4", SHAPE, 10, fused_attn=fused)).double()
     x, t, r, y = batch(2)
     x, t, r = x.double(), t.double(), r.double()
     v = torch.randn_like(x)
@@ -107,8 +110,9 @@ def test_jvp_through_model_matches_finite_difference():
     def f(x_, t_, r_):
         return model(x_, t_, r_, y)
 
-    # MeanFlow's tangent: d/ds F(x + s v, t + s, r).
-    out, tangent = torch.func.jvp(f, (x, t, r), (v, torch.ones_like(t), torch.zeros_like(r)))
+    # MeanFlow's tangent: d/ds F(x + s v, t + s, r); SDPA's math kernel is the one with forward-mode AD.
+    with sdpa_kernel([SDPBackend.MATH]):
+        out, tangent = torch.func.jvp(f, (x, t, r), (v, torch.ones_like(t), torch.zeros_like(r)))
     eps = 1e-6
     fd = (f(x + eps * v, t + eps, r) - f(x - eps * v, t - eps, r)) / (2 * eps)
     assert out.shape == x.shape
@@ -116,8 +120,8 @@ def test_jvp_through_model_matches_finite_difference():
 
 
 def test_fused_attention_flag_gives_same_forward():
-    slow = randomize(build_dit("DiT-XS/4", SHAPE, 10)).eval()
-    fast = build_dit("DiT-XS/4", SHAPE, 10, fused_attn=True).eval()
+    slow = randomize(build_dit("DiT-XS/4", SHAPE, 10, fused_attn=False)).eval()
+    fast = build_dit("DiT-XS/4", SHAPE, 10).eval()
     fast.load_state_dict(slow.state_dict())
     assert all(b.attn.fused_attn for b in fast.blocks) and not any(b.attn.fused_attn for b in slow.blocks)
     x, t, r, y = batch()

@@ -76,8 +76,13 @@ def add_trial_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...] =
             arg_default = None
         else:
             arg_default = flag_text(default) if kind in PARSERS else default
-        group.add_argument("--" + name.replace("_", "-"), type=str if kind in PARSERS else kind, default=arg_default,
-                           help=help_text(f, None if unset else default), metavar=name.upper())
+        flag, text = "--" + name.replace("_", "-"), help_text(f, None if unset else default)
+        if kind is bool:
+            # --compile / --no-compile: argparse's type=bool would read "False" as True.
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=arg_default, help=text)
+        else:
+            group.add_argument(flag, type=str if kind in PARSERS else kind, default=arg_default, help=text,
+                               metavar=name.upper())
 
 
 def trial_values_from_args(args: argparse.Namespace, skip: tuple[str, ...] = ()) -> dict:

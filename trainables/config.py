@@ -20,7 +20,7 @@ from enum import Enum
 from trainables.data.catalog import IMAGE_HELD_OUT, LATENT_PREFIX, TASK_NAMES, is_latent_task, task_kind
 from trainables.models import MODEL_NAMES
 from trainables.rcgm import ranges
-from trainables.rcgm.checks import Choice, IntRange, RealRange
+from trainables.rcgm.checks import Boolean, Choice, IntRange, RealRange
 from trainables.rcgm.errors import ConfigError
 
 # Default model per kind of task, so `--task mnist` alone is a working trial.
@@ -29,6 +29,8 @@ DEFAULT_MODEL = {"points": "mlp", "images": "DiT-T/4", "latents": "DiT-T/2"}
 # Default evaluation set per kind (0 = auto), capped at an image task's held-out split: the bundled
 # MNIST holds out 500 images, digits 300; a latent folder of MNIST's 4500 training digits, 562 rows.
 DEFAULT_EVAL_SAMPLES = {"points": 2000, "images": 500, "latents": 500}
+PRECISIONS = ("fp32", "bf16")
+ATTENTIONS = ("sdpa", "math")
 
 
 class Track(Enum):
@@ -110,6 +112,15 @@ class TrialConfig:
                                     auto="0 = with every evaluation")
     collapse_after: float = setting(0.25, "fraction of steps after which no-better-than-noise samples end the trial "
                                     "as collapsed", accepts=RealRange(0.0, 1.0), track=Track.UNLESS_DEFAULT)
+    precision: str = setting("auto", "forward precision: bf16 (autocast; weights, optimizer, target model and the "
+                             "residual stay fp32) or fp32", accepts=Choice(("auto", *PRECISIONS)),
+                             track=Track.UNLESS_DEFAULT, auto="auto: bf16 on CUDA, fp32 on CPU")
+    attention: str = setting("auto", "DiT attention: sdpa (PyTorch's fused kernels: flash / memory-efficient on GPU) "
+                             "or math (explicit softmax)", accepts=Choice(("auto", *ATTENTIONS)),
+                             track=Track.UNLESS_DEFAULT, auto="auto: sdpa; MeanFlow's JVP takes SDPA's math kernel by itself")
+    # How it runs, not what it computes (up to rounding): NEVER keeps sweeps resumable with or without it.
+    compile: bool = setting(False, "torch.compile the model (inductor; the first steps pay for compiling)",
+                            accepts=Boolean(), track=Track.NEVER)
     workers: int = setting(1, "Ray Train workers per trial (DDP)", accepts=IntRange(1))
     gpus_per_worker: float = setting(0.0, "GPUs per worker (0 = CPU)", accepts=NON_NEGATIVE)
     # Resources, not results: Ray records the placement; NEVER keeps old sweeps resumable.

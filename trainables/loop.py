@@ -6,6 +6,7 @@ import math
 
 import torch
 
+from trainables import acceleration
 from trainables.config import TrialConfig
 from trainables.data import load_task
 from trainables.models import build_model
@@ -24,9 +25,13 @@ def learning_rate(cfg: TrialConfig, step: int) -> float:
     return cfg.lr
 
 
-def _generator(seed: int) -> torch.Generator:
-    """A CPU generator: data and noise draws stay reproducible on any device."""
-    gen = torch.Generator()
+def _generator(seed: int, device: torch.device) -> torch.Generator:
+    """The trial's random stream: on the GPU for GPU runs (batches and noise made where they are used).
+
+    A CPU run draws exactly what it drew before; a GPU run draws another (Philox) stream, the
+    same on every run of the same seed, torch and GPU kind (docs/design.md, reproducibility).
+    """
+    gen = torch.Generator(device=device if device.type == "cuda" else "cpu")
     gen.manual_seed(seed)
     return gen
 
@@ -34,37 +39,56 @@ def _generator(seed: int) -> torch.Generator:
 class Trainer:
     """Model, target model, optimizer and per-rank random streams for one trial."""
 
-    def __init__(self, cfg: TrialConfig, device=None, rank: int = 0, world_size: int = 1, wrap_model=None):
+    def __init__(self, cfg: TrialConfig, device=None, rank: int = 0, world_size: int = 1, wrap_model=None,
+                 measure_cost: bool = False):
+        from trainables.cost import measure_step_cost
+
         self.cfg = cfg
         self.device = torch.device(device or "cpu")
         self.rank, self.world_size = rank, world_size
+        acceleration.configure_device(self.device)
+        self.precision = acceleration.resolve_precision(cfg.precision, self.device)
+        self.attention = acceleration.resolve_attention(cfg.attention)
         # Same seed on every rank: DDP also broadcasts rank 0's weights, but the target copy
         # is made before wrapping and must match on all ranks.
         torch.manual_seed(cfg.seed)
         self.task = load_task(cfg.task, seed=cfg.data_seed, rank=rank, world_size=world_size)
-        self.model = build_model(cfg.model, self.task.shape, self.task.num_classes).to(self.device)
-        self.online = wrap_model(self.model) if wrap_model else self.model
+        self.model = build_model(cfg.model, self.task.shape, self.task.num_classes,
+                                 attention=self.attention).to(self.device)
         self.target = TargetModel(self.model, cfg.kappa)
         self.objective = build_objective(
             cfg.objective, order=cfg.order, delta_t=cfg.delta_t, clip=cfg.clip, placement=cfg.placement,
             guidance=cfg.guidance, num_classes=self.task.num_classes, label_dropout=cfg.label_dropout,
         )
         self.schedule = build_time_schedule(cfg.time_schedule, dict(cfg.time_params), cfg.flow_fraction)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
+        self.optimizer = acceleration.build_optimizer(self.model.parameters(), cfg.lr, self.device)
         # The global batch is split over workers, so a sweep cell means the same thing at any scale.
         self.local_batch = cfg.batch_size // world_size + (1 if rank < cfg.batch_size % world_size else 0)
-        self.generator = _generator(1_000_003 * cfg.seed + 7919 * rank + 1)
+        self.generator = _generator(1_000_003 * cfg.seed + 7919 * rank + 1, self.device)
         self.step = 0
+        # Counted on the eager, unwrapped model: the counter cannot see into compiled graphs or DDP.
+        self.cost = measure_step_cost(self) if measure_cost else None
+        if cfg.compile:
+            acceleration.compile_model(self.model)
+            if self.target.module is not self.model:
+                acceleration.compile_model(self.target.module)
+        self.online = wrap_model(self.model) if wrap_model else self.model
+
+    def draw_batch(self, batch: int, generator: torch.Generator):
+        """(x, y, z, t, r) for one step, drawn from generator on its device and moved to the trial's."""
+        x, y = self.task.sample(batch, generator)
+        x = x.to(self.device)
+        y = y.to(self.device) if y is not None else None
+        z = torch.randn(x.shape, generator=generator, device=generator.device).to(self.device)
+        t, r = self.schedule.sample(batch, generator, self.device)
+        return x, y, z, t, r
 
     def train_step(self) -> float:
         """One optimizer step of the objective; returns the loss (NaN when it diverged)."""
         self.model.train()
-        x, y = self.task.sample(self.local_batch, self.generator)
-        x = x.to(self.device)
-        y = y.to(self.device) if y is not None else None
-        z = torch.randn(x.shape, generator=self.generator).to(self.device)
-        t, r = self.schedule.sample(self.local_batch, self.generator, self.device)
-        loss, _ = self.objective.loss(self.online, self.target, x, z, t, r, y=y, generator=self.generator)
+        x, y, z, t, r = self.draw_batch(self.local_batch, self.generator)
+        with acceleration.autocast(self.device, self.precision):
+            loss, _ = self.objective.loss(self.online, self.target, x, z, t, r, y=y, generator=self.generator)
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(self.cfg, self.step)
         self.optimizer.zero_grad(set_to_none=True)
@@ -93,4 +117,5 @@ class Trainer:
         self.target.load_state_dict(state["target"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = int(state["step"])
-        self.generator.set_state(state["generator"])
+        # get_state() is a CPU byte tensor for any generator; map_location may have moved it.
+        self.generator.set_state(state["generator"].cpu())

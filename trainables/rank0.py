@@ -7,7 +7,11 @@ import socket
 import tempfile
 from pathlib import Path
 
+import torch
+
+from trainables.acceleration import attention_label
 from trainables.config import TrialConfig
+from trainables.cost import StepMeter, device_name, peak_tflops, rates
 from trainables.evaluation import Evaluator
 from trainables.loop import Trainer
 from trainables.process_memory import peak_resident_mb, resident_mb
@@ -22,6 +26,9 @@ class Rank0:
         self.cfg, self.trainer = cfg, trainer
         self.evaluator = Evaluator(cfg, trainer.task, trainer.device)
         self.evaluator.best.update(best)
+        self.device_name = device_name(trainer.device)
+        self.peak_tflops = peak_tflops(self.device_name, trainer.precision)
+        self.peak_memory_mb = 0.0  # the largest training-step peak seen between evaluations (CUDA)
         self.tracker = None
         if tracking is not None:
             self._start_tracking(tracking, resumed_from)
@@ -33,26 +40,51 @@ class Rank0:
         self.tracker = TrialTracker(tracking)
         tags = {f"metric_definition.{self.evaluator.family}": self.evaluator.description,
                 # Which process ran the loop: with reused Tune actors one process runs several trials.
-                "rcgm.process": f"{socket.gethostname()}:{os.getpid()}"}
+                "rcgm.process": f"{socket.gethostname()}:{os.getpid()}", **self.run_tags()}
         self.tracker.start(self.cfg.tracking_params(), tags)
-        if resumed_from is not None:
-            self.tracker.log_metrics({"resumed_from_step": resumed_from}, resumed_from)
+        first = {} if resumed_from is None else {"resumed_from_step": resumed_from}
+        if self.trainer.cost is not None:
+            first.update(self.trainer.cost.metrics())
+        if first:
+            self.tracker.log_metrics(first, resumed_from or 0)
 
-    def evaluate(self, step: int, loss: float):
-        """Evaluate, log curves and a picture; return the evaluation."""
+    def run_tags(self) -> dict[str, str]:
+        """How the steps ran: precision, attention path, compile, device and its peak."""
+        cfg, trainer = self.cfg, self.trainer
+        return {"rcgm.precision": trainer.precision, "rcgm.compile": str(cfg.compile).lower(),
+                "rcgm.attention": attention_label(trainer.attention, cfg.model, cfg.objective),
+                "rcgm.device": self.device_name,
+                "rcgm.peak_tflops": "unknown" if self.peak_tflops is None else f"{self.peak_tflops:g}"}
+
+    def _training_rates(self, window: tuple[int, float]) -> dict[str, float]:
+        """Throughput since the last evaluation and, on CUDA, the training steps' peak memory."""
+        out = rates(self.trainer.cost, *window, self.cfg.batch_size, self.peak_tflops)
+        device = self.trainer.device
+        if device.type == "cuda":
+            peak = torch.cuda.max_memory_allocated(device) / 2**20
+            self.peak_memory_mb = max(self.peak_memory_mb, peak)
+            out["peak_memory_mb"] = peak
+        return out
+
+    def evaluate(self, step: int, loss: float, window: tuple[int, float] = (0, 0.0)):
+        """Evaluate, log curves, throughput (window: training steps and seconds since the last call) and a picture."""
         from trainables.pictures import render_samples
 
+        speed = self._training_rates(window)
         ev = self.evaluator.evaluate(self.trainer.model, step)
+        if self.trainer.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.trainer.device)  # the next window measures training, not sampling
         self.last_picture = self.pictures / f"step_{step:07d}.png"
         title = f"{self.cfg.task} N={self.cfg.order} kappa={self.cfg.kappa} step {step}"
         render_samples(ev.samples, self.evaluator.reference, self.last_picture, title, ev.metrics)
         if self.tracker is not None:
-            self.tracker.log_metrics({"loss": loss, **ev.metrics}, step)
+            self.tracker.log_metrics({"loss": loss, **ev.metrics, **speed}, step)
             self.tracker.log_artifact(self.last_picture, "samples")
         return ev
 
-    def finish(self, status: Status, reason: str, step: int, wall: float, state_dir: Path | None) -> None:
-        """Log best and final values, the final checkpoint, and close the run with its status."""
+    def finish(self, status: Status, reason: str, step: int, wall: float, state_dir: Path | None,
+               meter: StepMeter | None = None) -> None:
+        """Log best and final values, what training cost, the final checkpoint, and close the run with its status."""
         if self.tracker is None:
             return
         family = self.evaluator.family
@@ -60,7 +92,22 @@ class Rank0:
         final.update({"final_step": step, "wall_time_s": wall, f"noise_{family}": self.evaluator.noise_level,
                       # This process's memory (a reused Tune process runs several trials: the peak is its lifetime's).
                       "process_rss_mb": resident_mb(), "process_peak_rss_mb": peak_resident_mb()})
+        final.update(self.cost_summary(step, meter))
         self.tracker.log_metrics(final, step)
         if state_dir is not None:
             self.tracker.log_artifact(state_dir / "state.pt", "checkpoint")
         self.tracker.finish(status, reason)
+
+    def cost_summary(self, step: int, meter: StepMeter | None) -> dict[str, float]:
+        """The trial's cost: counted FLOPs, the whole trial's training compute, mean throughput and peak memory."""
+        cost = self.trainer.cost
+        out = {} if cost is None else cost.metrics()
+        if cost is not None:
+            # Steps before a resume were paid for too: the trial's compute is counted to its last step.
+            out["cost_total_flops"] = float(cost.step_flops) * self.trainer.world_size * step
+        if meter is not None:
+            out["cost_train_time_s"] = meter.total_s
+            out.update(rates(cost, meter.total_steps, meter.total_s, self.cfg.batch_size, self.peak_tflops, "cost_"))
+        if self.peak_memory_mb:
+            out["cost_peak_memory_mb"] = self.peak_memory_mb
+        return out

@@ -20,6 +20,7 @@ import torch
 
 from trainables import checkpointing
 from trainables.config import TrialConfig
+from trainables.cost import StepMeter
 from trainables.loop import Trainer
 from trainables.status import Status
 from trainables.tracking import TrialTracking
@@ -59,7 +60,9 @@ def run_trial(cfg: TrialConfig, placement: Placement, report: Report, *, checkpo
 
     # One thread per CPU this process was given: two trials on two cores must not fight.
     torch.set_num_threads(max(1, int(round(cfg.cpus_per_worker))))
-    trainer = Trainer(cfg, placement.device, placement.rank, placement.world_size, wrap_model=placement.wrap_model)
+    # Rank 0 counts a step's FLOPs: every rank runs the same step on its share of the batch.
+    trainer = Trainer(cfg, placement.device, placement.rank, placement.world_size, wrap_model=placement.wrap_model,
+                      measure_cost=placement.rank == 0)
     best, resumed_from = checkpointing.restore_trainer(trainer, checkpoint, placement.device)
     lead = Rank0(cfg, trainer, tracking, best, resumed_from) if placement.rank == 0 else None
     status, reason = run_loop(cfg, trainer, lead, report, agree=agree, step_hook=step_hook)
@@ -75,9 +78,12 @@ def run_loop(cfg: TrialConfig, trainer: Trainer, lead, report: Report, agree=lam
     """
     started = time.time()
     losses: list[float] = []
+    meter = StepMeter()
     status, reason = Status.RUNNING, ""
     while trainer.step < cfg.steps:
+        step_started = time.perf_counter()
         loss = trainer.train_step()
+        meter.add(time.perf_counter() - step_started)
         losses.append(loss)
         step = trainer.step
         if step_hook is not None:
@@ -92,7 +98,7 @@ def run_loop(cfg: TrialConfig, trainer: Trainer, lead, report: Report, agree=lam
         metrics = {"step": step, "loss": sum(finite) / len(finite) if finite else float("nan")}
         losses.clear()
         if at_eval and lead is not None:
-            ev = lead.evaluate(step, metrics["loss"])
+            ev = lead.evaluate(step, metrics["loss"], meter.take_window())
             metrics.update(ev.metrics)
             if status == Status.RUNNING and ev.status != Status.RUNNING:
                 status, reason = ev.status, ev.reason
@@ -108,7 +114,7 @@ def run_loop(cfg: TrialConfig, trainer: Trainer, lead, report: Report, agree=lam
         if done and lead is not None:
             # Close the MLflow run before the last report: a scheduler may end this process on it
             # (ASHA stops a trial that reaches max_t as soon as it reports).
-            lead.finish(final, reason, step, time.time() - started, state_dir)
+            lead.finish(final, reason, step, time.time() - started, state_dir, meter)
         report(metrics, state_dir)
         if state_dir is not None:
             # Ray persisted the checkpoint during report(); a DiT state is tens of MB per evaluation.
@@ -118,5 +124,5 @@ def run_loop(cfg: TrialConfig, trainer: Trainer, lead, report: Report, agree=lam
     # Only reached when no step ran: a trial resumed from its final checkpoint.
     final = Status.FINISHED if status == Status.RUNNING else status
     if lead is not None:
-        lead.finish(final, reason, trainer.step, time.time() - started, None)
+        lead.finish(final, reason, trainer.step, time.time() - started, None, meter)
     return final, reason

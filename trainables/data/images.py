@@ -15,6 +15,7 @@ import torch
 
 from trainables.data.catalog import DatasetUnavailable
 from trainables.locations import data_root
+from trainables.data.pools import DevicePool
 from trainables.rcgm.errors import ConfigError
 
 SPLIT_SEED = 0  # fixed on purpose: see the module docstring
@@ -69,14 +70,15 @@ class ImageTask:
         self.shape = tuple(train_x.shape[1:])
         self.num_classes = num_classes
         self.train_x, self.train_y = train_x, train_y
+        self._training = DevicePool(train_x, train_y)
         self.ref_x, self.ref_y = ref_x, ref_y
         self.reference_size = len(ref_x)
         self.description = f"{source}; {len(train_x)} training / {len(ref_x)} held-out, pixels in [-1, 1]"
 
     def sample(self, batch: int, generator: torch.Generator | None = None):
         """Draw a training batch (with replacement): (x float32 in [-1, 1], y long)."""
-        idx = torch.randint(len(self.train_x), (batch,), generator=generator)
-        return to_unit_range(self.train_x[idx]), self.train_y[idx]
+        x, y = self._training.draw(batch, generator)
+        return to_unit_range(x), y
 
     def reference(self, n: int, generator: torch.Generator | None = None):
         """Draw n distinct held-out images (no replacement, so no duplicates flatter a metric)."""

@@ -27,6 +27,7 @@ import torch
 
 from trainables.data.catalog import LATENT_PREFIX, DatasetUnavailable
 from trainables.data.latents import LatentShards, epoch_permutation
+from trainables.data.pools import DevicePool
 from trainables.rcgm.errors import ConfigError
 
 HELD_OUT_DIVISOR = 8  # 1/8 held out: the bundled MNIST pool (4500 rows) then holds out 562 >= 500 eval samples
@@ -122,11 +123,12 @@ class LatentTask:
         if self.num_classes is not None and len(y) and (int(y.min()) < 0 or int(y.max()) >= self.num_classes):
             raise _unavailable(self.shards.path, f"labels outside 0..{self.num_classes - 1}")
 
-    def _load_train(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def _load_train(self) -> DevicePool:
         """This rank's training rows, read on first use."""
         if self._train is None:
-            self._train = read_rows(self.shards, self.indices)
-            self._check_labels(self._train[1])
+            x, y = read_rows(self.shards, self.indices)
+            self._check_labels(y)
+            self._train = DevicePool(x, y)
         return self._train
 
     def _labels(self, y: torch.Tensor) -> torch.Tensor | None:
@@ -139,9 +141,8 @@ class LatentTask:
         Drawing with replacement keeps a batch a pure function of the generator, so a trial
         resumed from a checkpoint (which restores the generator) continues bit-for-bit.
         """
-        x, y = self._load_train()
-        idx = torch.randint(len(x), (batch,), generator=generator)
-        return self.shards.normalize(x[idx].float()), self._labels(y[idx])
+        x, y = self._load_train().draw(batch, generator)
+        return self.shards.normalize(x.float()), self._labels(y)
 
     def reference(self, n: int, generator: torch.Generator | None = None):
         """n distinct held-out latents (no replacement), normalised like training batches."""

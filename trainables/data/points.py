@@ -3,6 +3,7 @@
 import numpy as np
 import torch
 
+from trainables.data.pools import DevicePool
 from trainables.rcgm.errors import ConfigError
 
 POOL_SIZE = 100_000  # training pool, resampled with replacement (the notes' Moons recipe)
@@ -69,11 +70,12 @@ class PointTask:
         make = _MAKERS[name]
         self._pool = torch.from_numpy(make(POOL_SIZE, np.random.default_rng(train_ss))).float()
         self._reference = torch.from_numpy(make(REFERENCE_SIZE, np.random.default_rng(ref_ss))).float()
+        self._training = DevicePool(self._pool)
 
     def sample(self, batch: int, generator: torch.Generator | None = None):
         """A training batch (x, None): batch points drawn with replacement from the training pool."""
-        idx = torch.randint(0, POOL_SIZE, (batch,), generator=generator)
-        return self._pool[idx], None
+        (x,) = self._training.draw(batch, generator)
+        return x, None
 
     def reference(self, n: int, generator: torch.Generator | None = None):
         """(x, None): n held-out points, without replacement while n fits in the pool."""

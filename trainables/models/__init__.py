@@ -6,8 +6,11 @@ DIT_NAMES = ("DiT-XS/4", "DiT-T/4", "DiT-T/2", "DiT-S/4", "DiT-S/2", "DiT-B/4", 
 MODEL_NAMES = ("mlp",) + DIT_NAMES
 
 
-def build_model(name: str, data_shape: tuple, num_classes: int | None = None):
-    """Build the named model for samples of data_shape (and num_classes labels, or None)."""
+def build_model(name: str, data_shape: tuple, num_classes: int | None = None, attention: str = "sdpa"):
+    """Build the named model for samples of data_shape (and num_classes labels, or None).
+
+    attention: a DiT's attention, sdpa (PyTorch's fused kernels) or math (explicit softmax); the MLP has none.
+    """
     if name == "mlp":
         from trainables.models.mlp import VelocityMLP
 
@@ -20,5 +23,5 @@ def build_model(name: str, data_shape: tuple, num_classes: int | None = None):
 
         if len(data_shape) != 3:
             raise ConfigError("model", name, f"'mlp' for point data of shape {data_shape}")
-        return build_dit(name, data_shape, num_classes)
+        return build_dit(name, data_shape, num_classes, fused_attn=attention == "sdpa")
     raise ConfigError("model", name, "one of " + ", ".join(MODEL_NAMES))

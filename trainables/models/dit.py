@@ -71,12 +71,12 @@ class LabelEmbedder(nn.Module):
 class DiTBlock(nn.Module):
     """Pre-norm transformer block whose norms are modulated (and gated) by the condition."""
 
-    def __init__(self, hidden: int, heads: int, mlp_ratio: float = 4.0, fused_attn: bool = False):
+    def __init__(self, hidden: int, heads: int, mlp_ratio: float = 4.0, fused_attn: bool = True):
         super().__init__()
         self.norm1 = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
         self.attn = Attention(hidden, num_heads=heads, qkv_bias=True)
-        # The fused CPU SDPA kernel has no forward-mode AD rule, and MeanFlow-style objectives
-        # need torch.func.jvp through the whole network.
+        # True: F.scaled_dot_product_attention (flash / memory-efficient kernels on GPU). Those
+        # kernels have no forward-mode AD rule: MeanFlow's JVP selects SDPA's math kernel itself.
         self.attn.fused_attn = fused_attn
         self.norm2 = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
         self.mlp = Mlp(hidden, int(hidden * mlp_ratio), act_layer=lambda: nn.GELU(approximate="tanh"))
@@ -128,7 +128,7 @@ class DiT(nn.Module):
         hidden: int,
         heads: int,
         mlp_ratio: float = 4.0,
-        fused_attn: bool = False,
+        fused_attn: bool = True,
     ):
         super().__init__()
         channels, height, width = data_shape

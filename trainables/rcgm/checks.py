@@ -31,6 +31,13 @@ def check_real(field: str, value, low: float, high: float, *, low_open=False, hi
     return x
 
 
+def check_bool(field: str, value) -> bool:
+    """Return value if it is True or False (1, 'yes' and other truthy values are refused)."""
+    if not isinstance(value, bool):
+        raise ConfigError(field, value, "true or false")
+    return value
+
+
 def check_choice(field: str, value, choices) -> str:
     """Return value if it is one of choices."""
     if value not in choices:
@@ -86,3 +93,15 @@ class Choice:
     def describe(self) -> str:
         """The choices, comma-separated."""
         return "one of " + ", ".join(map(str, self.choices))
+
+
+class Boolean:
+    """True or False."""
+
+    def check(self, field: str, value) -> bool:
+        """value itself, or a ConfigError."""
+        return check_bool(field, value)
+
+    def describe(self) -> str:
+        """What the flag takes."""
+        return "on with the flag, off with its --no- form"

@@ -5,7 +5,7 @@ import torch
 from trainables.rcgm import ranges
 from trainables.rcgm.checks import check_int
 from trainables.rcgm.errors import ConfigError
-from trainables.rcgm.tensors import uniform_like
+from trainables.rcgm.tensors import evaluate, uniform_like
 
 GUIDED_LABEL_DROPOUT = 0.1  # the share of null labels guidance needs to learn the unconditional velocity
 
@@ -51,4 +51,4 @@ class GuidedLabels:
         if y is None:
             raise ConfigError("guidance", self.guidance, "0.0 when batches carry no labels (y is None)")
         null = torch.full_like(y, self.num_classes)
-        return v + self.guidance * (net(x_t, t, t, y) - net(x_t, t, t, null))
+        return v + self.guidance * (evaluate(net, x_t, t, t, y) - evaluate(net, x_t, t, t, null))

@@ -1,6 +1,7 @@
 """MeanFlow's JVP objective (method notes 2.4), the baseline RCGM replaces with finite differences."""
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from trainables.rcgm.guidance import GuidedLabels
 from trainables.rcgm.target import target_network
@@ -26,7 +27,10 @@ class MeanFlowObjective:
             return model(x_in, t_in, r_in, y)
 
         # Tangent (dx/dt, dt/dt, dr/dt) = (v, 1, 0): the total derivative along the path at fixed r.
-        F, dF_dt = torch.func.jvp(average_velocity, (x_t, t, r), (v, torch.ones_like(t), torch.zeros_like(r)))
+        # SDPA's math kernel: the flash / memory-efficient ones have no forward-mode AD rule.
+        with sdpa_kernel([SDPBackend.MATH]):
+            F, dF_dt = torch.func.jvp(average_velocity, (x_t, t, r), (v, torch.ones_like(t), torch.zeros_like(r)))
+        F, dF_dt = F.to(x.dtype), dF_dt.to(x.dtype)  # fp32 target arithmetic under bf16 autocast
         target_u = (v - expand(t - r, x) * dF_dt).detach()
         loss = per_sample_mse(F, target_u)
         return loss, {"loss": float(loss.detach()), "xi_abs_mean": float((F.detach() - target_u).abs().mean())}

@@ -5,7 +5,7 @@ import torch
 from trainables.rcgm import ranges
 from trainables.rcgm.guidance import GuidedLabels
 from trainables.rcgm.target import target_network
-from trainables.rcgm.tensors import expand, per_sample_mse, uniform_like
+from trainables.rcgm.tensors import evaluate, expand, per_sample_mse, uniform_like
 
 PLACEMENTS = ranges.PLACEMENT.choices
 
@@ -48,7 +48,7 @@ class RCGMObjective:
         D = torch.zeros_like(x_t)
         for i in range(self.order):
             step = expand(s[i] - s[i + 1], x_t)
-            F_i = net(x_s, s[i], s[i + 1], y)
+            F_i = evaluate(net, x_s, s[i], s[i + 1], y)
             x_s = x_s - step * F_i  # chain: the next jump starts where this one landed
             D = D + step * F_i
         far_xi = (expand(t - r, x_t) * F - D) / dt - v
@@ -67,7 +67,7 @@ class RCGMObjective:
         y = self.labels.drop(y, x, generator)
         x_t = expand(t, x) * z + (1 - expand(t, x)) * x
         v = self.labels.velocity(target_network(target), x_t, t, z - x, y)
-        F = model(x_t, t, r, y)
+        F = evaluate(model, x_t, t, r, y)
         if self.order == 0:
             # Exactly flow matching (no clipping), as the reference's estimate_order = 0 path.
             loss = per_sample_mse(F, v)

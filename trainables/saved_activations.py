@@ -1,4 +1,4 @@
-"""Bytes that autograd keeps for backward: the CPU stand-in for a peak-memory counter."""
+"""Bytes that autograd keeps for backward: the CPU stand-in for a peak-memory counter (trials and bench)."""
 
 from __future__ import annotations
 
