@@ -163,8 +163,8 @@ def _typed_params(runs) -> dict[str, pa.DataType]:
 
 
 def _metric_column(key: str) -> str | None:
-    """Where a run-level metric goes in the table; None for the two meta metrics."""
-    if key in ("wall_time_s", "final_step"):
+    """Where a run-level metric goes in the table; None for the meta and cost metrics."""
+    if key in ("wall_time_s", "final_step") or key in C.COST_METRICS:
         return None
     if C.parse_nfe_key(key):
         return "final." + key
@@ -193,6 +193,8 @@ def _row(run, parents: dict[str, Parent]) -> dict:
         "wall_time_s": wall, "final_step": int(final_step) if final_step is not None else None,
         "git_commit": tags.get("git.commit"), "git_dirty": C.parse_bool(tags.get("git.dirty")),
     }
+    row.update({name: metrics.get(name) for name in C.COST_METRICS})
+    row.update({name: tags.get(tag) for name, tag in C.COST_TAGS.items()})
     for key, value in metrics.items():
         col = _metric_column(key)
         if col:
@@ -255,14 +257,15 @@ def _warn_missing(missing: dict[str, list[str]], rows: list[dict]) -> None:
 
 def _build_table(rows: list[dict], param_types: dict[str, pa.DataType], runs) -> pa.Table:
     arrays, fields = [], []
-    for name, dtype in C.META_FIELDS:
+    fixed = C.META_FIELDS + C.COST_FIELDS
+    for name, dtype in fixed:
         arrays.append(pa.array([r.get(name) for r in rows], type=dtype))
         fields.append(pa.field(name, dtype))
     for name, dtype in param_types.items():
         values = [C.convert_param(run.data.params.get(name), dtype) for run in runs]
         arrays.append(pa.array(values, type=dtype))
         fields.append(pa.field(C.param_col(name), dtype))
-    extra = sorted({c for r in rows for c in r} - {n for n, _ in C.META_FIELDS})
+    extra = sorted({c for r in rows for c in r} - {n for n, _ in fixed})
     order = ("final.", "best.", "noise.", "metrics.", "definition.")
     extra.sort(key=lambda c: (next(i for i, p in enumerate(order) if c.startswith(p)), c))
     for name in extra:

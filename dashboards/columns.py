@@ -45,6 +45,18 @@ META_FIELDS: list[tuple[str, pa.DataType]] = [
     ("final_step", pa.int64()), ("git_commit", pa.string()), ("git_dirty", pa.bool_()),
 ]
 
+# What a trial cost (issue 14): columns named as the metrics (as wall_time_s is) and as the
+# tags saying what ran, less "rcgm." (as trial_key is). Runs made before issue 14 carry none:
+# their columns are null, and the collector does not count them as missing.
+COST_METRICS = ("cost_forward_flops", "cost_flops_per_step", "cost_forward_equivalents",
+                "cost_total_flops", "cost_steps_per_s", "cost_samples_per_s", "cost_tflops_per_s",
+                "cost_train_time_s", "cost_mfu", "cost_peak_memory_mb",
+                "cost_saved_activations_mb")
+COST_TAGS = {"precision": "rcgm.precision", "attention": "rcgm.attention",
+             "compile": "rcgm.compile", "device": "rcgm.device"}
+COST_FIELDS: list[tuple[str, pa.DataType]] = (
+    [(name, pa.float64()) for name in COST_METRICS] + [(name, pa.string()) for name in COST_TAGS])
+
 
 def parse_nfe_key(key: str) -> tuple[str, int] | None:
     """`mmd2_1nfe` -> ("mmd2", 1); None for any other key (including `best_...`)."""

@@ -17,6 +17,8 @@ from dashboards import htmlpage as H
 from dashboards.cells import build_grid
 from dashboards.collect import (PAGE_SIZE, Collection, client_for, collect, collect_history,
                                 default_out_dir, default_tracking_uri, write_parquet)
+from dashboards.cost_panel import (DEFINITION, NO_COST_NOTE, cost_cells, cost_figure, cost_rows,
+                                   has_cost, left_out_note, setup_text)
 from dashboards.curves import curve_figure
 from dashboards.errors import DashboardError
 from dashboards.figures import save
@@ -91,8 +93,24 @@ def _meta(table: pa.Table, col: Collection, sweep: str) -> str:
     return "".join(H.paragraph(line, "meta") for line in lines)
 
 
+def _cost_blocks(table, column: str | None, out: Path, prefix: str,
+                 files: list[Path]) -> list[str]:
+    """The cost panel: quality against compute, the cost per cell and what the numbers are."""
+    if not has_cost(table):
+        return [H.paragraph(NO_COST_NOTE)]
+    cells = cost_cells(table, column)
+    path = save(cost_figure(cells, column, setup_text(table)), out / f"{prefix}cost.png")
+    files.append(path)
+    blocks = [H.heading("Cost: quality against compute", 3), H.image(path, "cost")]
+    # unplaced_note too: an Optuna sweep's cells pool whatever it searched.
+    for note in (left_out_note(cells), unplaced_note(build_grid(table, "cost_total_flops"))):
+        if note:
+            blocks.append(H.paragraph(note))
+    return blocks + [H.table(cost_rows(cells)), H.paragraph(DEFINITION)]
+
+
 def _grid_section(table, history, out: Path, prefix: str, files: list[Path]) -> list[str]:
-    """Ordering banner, heatmaps with number tables, the paper's values and training curves."""
+    """Ordering banner, heatmaps with number tables, the paper's values, cost, training curves."""
     blocks = []
     check = check_ordering(table)
     blocks.append(H.banner(check.verdict, check.reasons, check.column))
@@ -108,6 +126,7 @@ def _grid_section(table, history, out: Path, prefix: str, files: list[Path]) -> 
     files.append(path)
     blocks += [H.heading("The paper's values beside ours", 3), H.image(path, "paper values"),
                H.paragraph(f"Source: {SOURCE}. {MMD_CAVEAT} {IMAGENET_NOTE}")]
+    blocks += _cost_blocks(table, check.column, out, prefix, files)
     blocks.append(H.heading("During training", 3))
     keys = sorted(set(history.column("key").to_pylist()))
     for key in keys:
@@ -146,6 +165,8 @@ def _optuna_section(table, col: Collection, sweep: str, out: Path, prefix: str,
     if best:
         blocks.append(H.paragraph(f"best trial: {best.user_attrs['run_id']} {column}="
                                   f"{best.value:.4g} with {best.params}"))
+    if C.param_col("order") in table.column_names:
+        blocks += _cost_blocks(table, column, out, prefix, files)
     return blocks
 
 

@@ -28,11 +28,48 @@ FORGETFUL = (1, 0.0, 1)
 OLD_GRID = {(0, None, 0): 0.012, (1, 0.0, 0): 0.006, (1, 0.999, 0): 0.03,
             (2, 0.0, 0): 0.007, (2, 0.999, 0): 0.004}
 OPTUNA_LRS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 2e-4, 8e-4, 5e-3)
+# Cost (issue 14): the main sweep ran on CPU, the Optuna sweep on a GPU; the old one predates it.
+BATCH = 256
+FORWARD_FLOPS = 2.5e8  # one forward of the model on one batch
+PEAK_TFLOPS = 989.0  # the GPU's dense bf16 peak, for its MFU
+CPU_TAGS = {"rcgm.precision": "fp32", "rcgm.attention": "none", "rcgm.compile": "false",
+            "rcgm.device": "cpu"}
+GPU_TAGS = {"rcgm.precision": "bf16", "rcgm.attention": "sdpa", "rcgm.compile": "true",
+            "rcgm.device": "NVIDIA H200"}
 
 
 def optuna_value(lr: float, a: float) -> float:
     """The Optuna sweep's objective: driven by lr (best at 1e-3), barely by the schedule's a."""
     return 0.002 + 0.004 * (math.log10(lr) + 3.0) ** 2 + 1e-5 * a
+
+
+def steps_per_s(seed: int) -> float:
+    """A trial's final speed: seeds differ, so a cell's mean shows which seeds it counted."""
+    return 50.0 + 10.0 * seed
+
+
+def saved_activations_mb(order: int) -> float:
+    """What autograd saves for one CPU step's backward."""
+    return 1.5 + 0.5 * order
+
+
+def cost_metrics(order: int, seed: int, gpu: bool = False) -> list[tuple[str, float, int]]:
+    """(key, value, step) at each evaluation, as trials log them: the last step's are final."""
+    per_step = FORWARD_FLOPS * (3 + order)
+    out = []
+    for step in STEPS[1:]:
+        rate = steps_per_s(seed) * step / STEPS[-1]  # warm-up: earlier values differ from the final
+        values = {"cost_forward_flops": FORWARD_FLOPS, "cost_flops_per_step": per_step,
+                  "cost_forward_equivalents": 3 + order, "cost_total_flops": per_step * step,
+                  "cost_steps_per_s": rate, "cost_samples_per_s": rate * BATCH,
+                  "cost_tflops_per_s": per_step * rate / 1e12, "cost_train_time_s": step / rate}
+        if gpu:
+            values.update(cost_mfu=values["cost_tflops_per_s"] / PEAK_TFLOPS,
+                          cost_peak_memory_mb=900.0 + 100.0 * order)
+        else:
+            values["cost_saved_activations_mb"] = saved_activations_mb(order)
+        out += [(k, float(v), step) for k, v in values.items()]
+    return out
 
 
 def run_name(order: int, kappa, seed: int) -> str:
@@ -62,11 +99,11 @@ class Store:
 
 
 def _trial(client, store, exp_id, sweep, parent_id, start, name, params, status, metrics,
-           mlflow_status="FINISHED", definition=True):
+           mlflow_status="FINISHED", definition=True, cost_tags=None):
     from mlflow.entities import Metric, Param
     tags = {"mlflow.parentRunId": parent_id, "rcgm.kind": "trial", "rcgm.sweep": sweep,
             "rcgm.trial_key": f"{sweep}/{name}", "status": status, "git.commit": "abc1234",
-            "git.dirty": "false", "ray.trial_id": f"t_{name}"}
+            "git.dirty": "false", "ray.trial_id": f"t_{name}", **(cost_tags or {})}
     if definition:
         tags["metric_definition.mmd2"] = "MMD^2 V-statistic, RBF mixture"
     run = client.create_run(exp_id, start_time=start, tags=tags, run_name=name)
@@ -115,8 +152,10 @@ def _main_sweep(client, store, exp_id):
                     metrics.append((f"best_mmd2_{nfe}nfe", min(values), STEPS[-1]))
             metrics += [("final_step", STEPS[-1], STEPS[-1]), ("wall_time_s", 60.0 + i, STEPS[-1]),
                         ("noise_mmd2", NOISE_MMD2, STEPS[-1])]
+            metrics += cost_metrics(order, seed)
         _trial(client, store, exp_id, MAIN, parent, start, name, _base_params(order, kappa, seed,
-               "1,2"), status, metrics, "FAILED" if status == "failed" else "FINISHED")
+               "1,2"), status, metrics, "FAILED" if status == "failed" else "FINISHED",
+               cost_tags=CPU_TAGS)
     client.set_terminated(parent, end_time=T0 + 2_000_000)
 
 
@@ -147,8 +186,9 @@ def _optuna_sweep(client, store, exp_id):
                        "placement": placements[i % 2]})
         metrics = [("mmd2_1nfe", value, 300), ("best_mmd2_1nfe", value, 300),
                    ("final_step", 300, 300), ("wall_time_s", 20.0, 300)]
+        metrics += cost_metrics(2, 0, gpu=True)
         _trial(client, store, exp_id, OPTUNA, parent, T0 + 3_000_000 + 1000 * (i + 1),
-               f"optuna_{i}", params, status, metrics)
+               f"optuna_{i}", params, status, metrics, cost_tags=GPU_TAGS)
 
 
 def build_store(root: Path) -> Store:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import html as html_text
 import math
 import os
 import re
@@ -31,7 +32,10 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 import dashboards_fixtures as F  # noqa: E402
 from dashboards import report as R  # noqa: E402
 from dashboards.cells import build_grid  # noqa: E402
+from dashboards import columns as C  # noqa: E402
 from dashboards.collect import collect, collect_history, write_parquet  # noqa: E402
+from dashboards.cost_panel import (NO_COST_NOTE, cost_cells, cost_figure, cost_rows,  # noqa: E402
+                                   setup_text)
 from dashboards.curves import curve_figure, mean_curves  # noqa: E402
 from dashboards.errors import (ExperimentNotFound, MissingMetricsWarning, NoTrialRuns,  # noqa: E402
                                SweepNotFound, TrackingStoreNotFound)
@@ -146,6 +150,33 @@ def test_missing_metrics_warning_names_runs(store):
     assert f"{F.run_name(2, 0.999, 1)} " in text and "status failed" in text
     assert set(col.missing) == {store.runs[(F.MAIN, F.run_name(*F.FORGETFUL))],
                                 store.runs[(F.MAIN, F.run_name(2, 0.999, 1))]}
+
+
+def test_cost_columns_read_from_runs(main, everything, store):
+    types = {f.name: f.type for f in everything.table.schema}
+    assert all(types[m] == pa.float64() for m in C.COST_METRICS)
+    assert all(types[t] == pa.string() for t in C.COST_TAGS)
+    assert not [c for c in types if c.startswith("metrics.cost_")]  # not read twice
+    row = _row(main.table, F.run_name(2, 0.99, 1))
+    # The last evaluation's values, not an earlier step's (total compute grows with the steps).
+    assert row["cost_total_flops"] == pytest.approx(F.FORWARD_FLOPS * 5 * F.STEPS[-1])
+    assert row["cost_flops_per_step"] == F.FORWARD_FLOPS * 5
+    assert row["cost_forward_equivalents"] == 5
+    assert row["cost_steps_per_s"] == F.steps_per_s(1)
+    assert row["cost_samples_per_s"] == F.steps_per_s(1) * F.BATCH
+    assert row["cost_saved_activations_mb"] == F.saved_activations_mb(2)
+    assert row["cost_mfu"] is None and row["cost_peak_memory_mb"] is None  # CPU
+    assert (row["precision"], row["attention"], row["compile"], row["device"]) == (
+        "fp32", "none", "false", "cpu")
+    gpu = _row(_sweep(everything, F.OPTUNA), "optuna_0")
+    assert gpu["cost_mfu"] == pytest.approx(F.FORWARD_FLOPS * 5 * 50.0 / 1e12 / F.PEAK_TFLOPS)
+    assert gpu["cost_peak_memory_mb"] == 1100.0 and gpu["device"] == "NVIDIA H200"
+    old = _sweep(everything, F.OLD)  # made before issue 14: null, and not "missing"
+    assert all(old.column(c).null_count == old.num_rows for c, _ in C.COST_FIELDS)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", MissingMetricsWarning)
+        assert collect(store.uri, F.EXPERIMENT, sweeps=[F.OLD]).missing == {}
+    assert not [c for cols in main.missing.values() for c in cols if "cost" in c]
 
 
 @pytest.mark.parametrize("kwargs, error, message", [
@@ -275,6 +306,34 @@ def test_curves_mean_over_seeds(main, store):
         "\u03ba=0", "\u03ba=0.99", "\u03ba=0.999"]
 
 
+def test_cost_cells_figure_and_rows(main, everything):
+    cells = cost_cells(main.table, "final.mmd2_1nfe")
+    assert [c.name for c in cells] == ["N=1 \u03ba=0", "N=1 \u03ba=0.99", "N=1 \u03ba=0.999",
+                                       "N=2 \u03ba=0", "N=2 \u03ba=0.99", "N=2 \u03ba=0.999"]
+    assert [c.left_out() for c in cells] == [None, None, "collapsed (2/2)", None, None, None]
+    assert cells[1].mean("cost_steps_per_s") == F.steps_per_s(0)  # the diverged seed left out
+    assert cells[0].mean("cost_steps_per_s") == statistics.mean([F.steps_per_s(0),
+                                                                 F.steps_per_s(1)])
+    fig = cost_figure(cells, "final.mmd2_1nfe", setup_text(main.table))
+    ax, = panels(fig)
+    points = {a.get_text(): a.xy for a in ax.texts}
+    assert set(points) == {c.name for c in cells if c.left_out() is None}
+    assert points["N=2 \u03ba=0.999"] == pytest.approx((F.FORWARD_FLOPS * 5 * F.STEPS[-1], 0.003))
+    assert points["N=1 \u03ba=0"] == pytest.approx((F.FORWARD_FLOPS * 4 * F.STEPS[-1], 0.007))
+    assert sum(bars.has_yerr for bars in ax.containers) == 3  # the cells with n >= 2
+    assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
+    title = fig.get_suptitle()
+    assert "final.mmd2_1nfe" in title and "device: cpu" in title and "precision: fp32" in title
+    rows = cost_rows(cells)
+    assert rows[0]["MFU %"] == "n/a (CPU)" and rows[0]["memory measured"].startswith("saved")
+    assert rows[0]["memory MiB"] == F.saved_activations_mb(1)
+    assert rows[2]["GFLOP / step"] is None and rows[2]["left out"] == "2 collapsed"
+    gpu, = cost_rows(cost_cells(_sweep(everything, F.OPTUNA), "final.mmd2_1nfe"))
+    assert gpu["MFU %"] == pytest.approx(100 * F.FORWARD_FLOPS * 5 * 50.0 / 1e12 / F.PEAK_TFLOPS)
+    assert (gpu["memory MiB"], gpu["memory measured"]) == (1100.0, "CUDA peak allocated")
+    assert (gpu["n"], gpu["left out"], gpu["precision"]) == (7, "1 collapsed", "bf16")
+
+
 def test_optuna_study_from_table(everything, store):
     table = _sweep(everything, F.OPTUNA)
     parent = next(p for p in everything.parents if p.sweep == F.OPTUNA)
@@ -307,7 +366,7 @@ def report(store, tmp_path_factory):
 def test_report_html_is_self_contained_with_numbers(report):
     html = report.read_text()
     pngs = sorted(p.name for p in report.parent.glob("*.png"))
-    assert pngs == ["curve_mmd2_1nfe.png", "curve_mmd2_2nfe.png", "heatmap_mmd2.png",
+    assert pngs == ["cost.png", "curve_mmd2_1nfe.png", "curve_mmd2_2nfe.png", "heatmap_mmd2.png",
                     "paper_values.png"]
     images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
     assert len(images) == len(pngs)
@@ -317,6 +376,53 @@ def test_report_html_is_self_contained_with_numbers(report):
     assert "0.007 \u00b1 0.00141 (n=2)" in html and "collapsed (2/2)" in html
     assert "Paper's ordering: reproduced</b>" in html and "does not state its MMD definition" in html
     assert (report.parent / "trials.parquet").exists() and (report.parent / "history.parquet").exists()
+
+
+COST_HEADING = "<h3>Cost: quality against compute</h3>"
+
+
+def _cost_table(html: str) -> list[dict[str, str]]:
+    """The cost panel's table from the page: one {column: cell text} per row."""
+    section = html.split(COST_HEADING, 1)[1]
+    rows = re.findall(r"<tr>(.*?)</tr>", re.search(r"<table>(.*?)</table>", section).group(1))
+    head = re.findall(r"<th>(.*?)</th>", rows[0])
+    return [dict(zip(head, (html_text.unescape(c) for c in re.findall(r"<td[^>]*>(.*?)</td>", r))))
+            for r in rows[1:]]
+
+
+def test_report_has_cost_panel(report):
+    html = report.read_text()
+    assert html.index(html_text.escape("The paper's values")) < html.index(COST_HEADING) \
+        < html.index("During training")
+    path = report.parent / "cost.png"
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 20_000
+    assert imread(path).shape[:2] == (500, 800)
+    assert "Not in the figure: N=1 \u03ba=0.999: collapsed (2/2)" in html
+    assert "torch.utils.flop_counter" in html
+    rows = _cost_table(html)
+    assert [(r["N"], r["kappa"]) for r in rows] == [
+        ("1", "0"), ("1", "0.99"), ("1", "0.999"), ("2", "0"), ("2", "0.99"), ("2", "0.999")]
+    for row in rows:
+        if row["left out"] == "2 collapsed":
+            assert row["GFLOP / step"] == row["total PFLOP"] == "\u2013"
+            continue
+        order = int(row["N"])
+        assert float(row["GFLOP / step"]) == pytest.approx(F.FORWARD_FLOPS * (3 + order) / 1e9)
+        assert float(row["total PFLOP"]) == pytest.approx(
+            F.FORWARD_FLOPS * (3 + order) * F.STEPS[-1] / 1e15)
+        assert float(row["forward equivalents"]) == 3 + order
+        assert row["MFU %"] == "n/a (CPU)" and row["device"] == "cpu"
+
+
+def test_report_without_cost_metrics_has_the_note(store, tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", MissingMetricsWarning)  # no cost metric counts as missing
+        path = R.build_report(store.uri, F.EXPERIMENT, sweep=F.OLD, out_dir=tmp_path,
+                              log_to_parent=False)
+    html = path.read_text()
+    assert html_text.escape(NO_COST_NOTE) in html and COST_HEADING not in html
+    assert not (tmp_path / "cost.png").exists() and (tmp_path / "heatmap_mmd2.png").exists()
+    assert "During training" in html
 
 
 def test_report_logged_to_parent_run(report, store):
@@ -334,6 +440,10 @@ def test_experiment_report_has_each_sweep_and_optuna_views(store, tmp_path):
     for name in (F.MAIN, F.OLD, F.OPTUNA):
         assert f"Sweep {name}" in html
     assert (tmp_path / "moons_optuna_optuna_importance.png").exists()
+    assert (tmp_path / "kappa_grid_cost.png").exists()
+    assert (tmp_path / "moons_optuna_cost.png").exists()
+    assert html.count(COST_HEADING) == 2 and html.count(html_text.escape(NO_COST_NOTE)) == 1
+    assert "cells pool trials that differ in lr" in html  # the Optuna cost cell pools its search
     assert html.count("data:image/png;base64,") == len(list(tmp_path.glob("*.png")))
     assert "objective: final.mmd2_1nfe (minimize)" in html
     client = MlflowClient(tracking_uri=store.uri)  # a whole-experiment report is not logged
