@@ -197,3 +197,17 @@ def test_the_smoke_grid_keeps_the_order_of_its_cells_in_bf16():
     assert ranking["fp32"][-1] == (1, 0.999)  # the paradox: first order under the strong EMA is worst
     for c in cells:
         assert scores["bf16"][c] == pytest.approx(scores["fp32"][c], rel=0.05)
+
+
+def test_cpu_trials_draw_exactly_what_they_drew_before_device_side_batches():
+    """A CPU generator draws indices as before (torch.randint on the CPU), so old CPU results still reproduce."""
+    from trainables.data import load_task
+
+    task = load_task("moons")
+    got, _ = task.sample(64, torch.Generator().manual_seed(5))
+    idx = torch.randint(len(task._pool), (64,), generator=torch.Generator().manual_seed(5))
+    assert torch.equal(got, task._pool[idx])
+    trainer = Trainer(TrialConfig(task="mnist", batch_size=8, steps=1))
+    assert trainer.generator.device.type == "cpu"
+    x, y, z, t, r = trainer.draw_batch(8, torch.Generator().manual_seed(2))
+    assert x.device.type == z.device.type == t.device.type == "cpu" and y.dtype == torch.long
