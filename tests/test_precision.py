@@ -117,6 +117,8 @@ def test_precision_and_attention_defaults_resolve_per_device_and_objective():
         TrialConfig(precision="fp16")
     with pytest.raises(ConfigError, match="--compile"):
         TrialConfig(compile="yes")
+    with pytest.raises(ConfigError, match="meanflow.*--compile"):
+        TrialConfig(objective="meanflow", compile=True)  # its JVP would run the compiled model eager
 
 
 def loss_and_grads(objective, model, target, x, z, t, r, y):

@@ -8,7 +8,10 @@ import torch
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """'auto' -> bf16 on CUDA (tensor cores), fp32 elsewhere (CPU bf16 is emulated: slower, not faster)."""
+    """'auto' -> bf16 on CUDA (tensor cores), fp32 elsewhere: CPU trials stay bit-identical to earlier ones.
+
+    (bf16 on a CPU with bf16 instructions can be faster for wide layers: docs/benchmarks.md section 8.)
+    """
     if precision != "auto":
         return precision
     return "bf16" if device.type == "cuda" else "fp32"

@@ -159,6 +159,9 @@ class TrialConfig:
             self._set("checkpoint_every", self.eval_every)
         if self.batch_size < self.workers:
             raise ConfigError("batch_size", self.batch_size, f">= workers ({self.workers}): the batch is split over workers")
+        if self.objective == "meanflow" and self.compile:
+            # Dynamo cannot trace torch.func.jvp into a compiled module: it would run eager, silently.
+            raise ConfigError("compile", self.compile, "off with objective 'meanflow' (its JVP runs the model eager)")
         if self.objective == "meanflow" and self.workers > 1:
             # torch.func.jvp cannot pass through DistributedDataParallel.
             raise ConfigError("workers", self.workers, "1 with objective 'meanflow' (its JVP cannot run under DDP)")

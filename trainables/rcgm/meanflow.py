@@ -5,7 +5,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from trainables.rcgm.guidance import GuidedLabels
 from trainables.rcgm.target import target_network
-from trainables.rcgm.tensors import expand, per_sample_mse
+from trainables.rcgm.tensors import DeviceStats, expand, per_sample_mse
 
 
 class MeanFlowObjective:
@@ -33,4 +33,4 @@ class MeanFlowObjective:
         F, dF_dt = F.to(x.dtype), dF_dt.to(x.dtype)  # fp32 target arithmetic under bf16 autocast
         target_u = (v - expand(t - r, x) * dF_dt).detach()
         loss = per_sample_mse(F, target_u)
-        return loss, {"loss": float(loss.detach()), "xi_abs_mean": float((F.detach() - target_u).abs().mean())}
+        return loss, DeviceStats(loss=loss, xi_abs_mean=(F.detach() - target_u).abs().mean())

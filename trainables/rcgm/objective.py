@@ -5,7 +5,7 @@ import torch
 from trainables.rcgm import ranges
 from trainables.rcgm.guidance import GuidedLabels
 from trainables.rcgm.target import target_network
-from trainables.rcgm.tensors import evaluate, expand, per_sample_mse, uniform_like
+from trainables.rcgm.tensors import DeviceStats, evaluate, expand, per_sample_mse, uniform_like
 
 PLACEMENTS = ranges.PLACEMENT.choices
 
@@ -79,8 +79,8 @@ class RCGMObjective:
         return loss, _stats(loss, xi, clip_fraction, ((t - r) < self.delta_t).to(xi.dtype).mean())
 
 
-def _stats(loss, xi, clip_fraction, near_fraction) -> dict:
-    """Scalar diagnostics, moved to the host in one transfer."""
-    values = torch.stack([loss.detach(), xi.abs().mean(), clip_fraction.to(xi), near_fraction.to(xi)]).tolist()
-    return dict(zip(("loss", "xi_abs_mean", "clip_fraction", "near_fraction"), values))
+def _stats(loss, xi, clip_fraction, near_fraction) -> DeviceStats:
+    """Scalar diagnostics, left on the device until read."""
+    return DeviceStats(loss=loss, xi_abs_mean=xi.abs().mean(), clip_fraction=clip_fraction.to(xi),
+                       near_fraction=near_fraction.to(xi))
 
