@@ -147,7 +147,9 @@ class LatentShards:
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """Per-channel (x - mean) / std with the dataset's stored statistics (UCGM's latent_norm)."""
         view = (1, -1) + (1,) * (len(self.shape) - 1)
-        return (x - self.mean.view(view)) / self.std.clamp_min(1e-8).view(view)
+        # The statistics live on the CPU; a GPU trial's batches are drawn on the GPU (data.pools).
+        mean, std = self.mean.to(x.device), self.std.to(x.device)
+        return (x - mean.view(view)) / std.clamp_min(1e-8).view(view)
 
     def read_all(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Every (latent, label) in index order (small datasets and tests)."""
