@@ -50,3 +50,23 @@ def test_a_resumed_cosine_trial_continues_on_the_same_curve():
     assert _lrs(resumed, 5) == pytest.approx([learning_rate(cfg, k) for k in range(3, 8)], rel=1e-12)
     for a, b in zip(straight.model.parameters(), resumed.model.parameters()):
         assert torch.equal(a, b)
+
+
+def test_a_checkpoint_write_that_fails_half_way_leaves_no_state_file(tmp_path, monkeypatch):
+    """Written under a temporary name and renamed: a torn write never looks like a checkpoint."""
+    from trainables import checkpointing
+
+    state = {"step": 3, "weights": torch.arange(10.0)}
+    (tmp_path / "ok").mkdir()
+    checkpointing.save_state(tmp_path / "ok", state, {}, {})
+
+    def torn(obj, path):
+        path.write_bytes(b"half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpointing, "write", torn)
+    (tmp_path / "torn").mkdir()
+    with pytest.raises(OSError):
+        checkpointing.save_state(tmp_path / "torn", state, {}, {})
+    assert not (tmp_path / "torn" / checkpointing.STATE_FILE).exists()
+    assert torch.equal(checkpointing.load_state(tmp_path / "ok")["trainer"]["weights"], state["weights"])

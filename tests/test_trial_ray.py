@@ -93,3 +93,17 @@ def test_unreachable_tracking_server_is_refused_before_compute():
     assert proc.returncode == 2
     assert "unreachable" in proc.stderr and "--tracking-uri" in proc.stderr
     assert "step=" not in proc.stdout
+
+
+def test_checkpoint_write_failing_half_way_resumes_from_the_previous_checkpoint(local_ray, sqlite_uri, tmp_path):
+    """An injected ENOSPC in the middle of the step-300 write: the trial errs, Ray Train retries it from step 200."""
+    cfg = TrialConfig(**SMALL, steps=500, eval_every=100, checkpoint_every=100)
+    hooks = {"fail_checkpoint_at_step": 300, "crash_marker": str(tmp_path / "failed")}
+    result, runs = _fit(cfg, sqlite_uri, "full-disk", tmp_path, hooks=hooks)
+    assert (tmp_path / "failed").read_text() == "300"  # the write really failed once
+    assert len(runs) == 1
+    client = MlflowClient(sqlite_uri)
+    resumed = client.get_metric_history(runs[0].info.run_id, "resumed_from_step")
+    assert [m.value for m in resumed] == [200]  # the half-written 300 was never a checkpoint
+    assert runs[0].data.tags["status"] == "finished" and runs[0].data.metrics["final_step"] == 500
+    assert result.metrics["step"] == 500

@@ -2,18 +2,32 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
 
 STATE_FILE = "state.pt"
+PARTIAL_SUFFIX = ".partial"
 
 
 def save_state(directory, trainer_state: dict, config: dict, best: dict[str, float]) -> Path:
-    """Write the trainer state, the trial config and best-so-far metrics into directory."""
+    """Write the trainer state, the trial config and best-so-far metrics into directory.
+
+    Written under a temporary name, then renamed: a write that fails half way (a full disk, a
+    killed process) leaves no state.pt that looks whole. The folder is only handed to Ray after
+    this returns, so the trial's latest checkpoint stays the previous one (tests/test_trial_ray.py).
+    """
     path = Path(directory) / STATE_FILE
-    torch.save({"trainer": trainer_state, "config": config, "best": dict(best)}, path)
+    partial = path.with_name(STATE_FILE + PARTIAL_SUFFIX)
+    write({"trainer": trainer_state, "config": config, "best": dict(best)}, partial)
+    os.replace(partial, path)
     return path
+
+
+def write(state: dict, path: Path) -> None:
+    """torch.save, behind a name of this module's (the fault test replaces it in a worker)."""
+    torch.save(state, path)
 
 
 def load_state(directory, map_location="cpu") -> dict:

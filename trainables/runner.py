@@ -110,7 +110,12 @@ def run_loop(cfg: TrialConfig, trainer: Trainer, lead, report: Report, agree=lam
         state_dir = None
         if lead is not None:
             state_dir = Path(tempfile.mkdtemp(prefix="rcgm-ckpt-"))
-            checkpointing.save_state(state_dir, trainer.state_dict(), cfg.to_dict(), lead.evaluator.best)
+            try:
+                checkpointing.save_state(state_dir, trainer.state_dict(), cfg.to_dict(), lead.evaluator.best)
+            except BaseException:
+                # A write that failed (a full disk) is never reported: Ray's latest stays the previous one.
+                shutil.rmtree(state_dir, ignore_errors=True)
+                raise
         if done and lead is not None:
             # Close the MLflow run before the last report: a scheduler may end this process on it
             # (ASHA stops a trial that reaches max_t as soon as it reports).

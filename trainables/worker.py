@@ -51,6 +51,25 @@ def crash_hook(loop_config: dict, rank: int):
     return hook
 
 
+def checkpoint_fault(loop_config: dict, rank: int) -> None:
+    """Test hook: once, at a given step, the checkpoint write fails half way (as on a full disk)."""
+    fail_at, marker = loop_config.get("fail_checkpoint_at_step"), loop_config.get("crash_marker")
+    if rank != 0 or fail_at is None or not marker:
+        return
+    from trainables import checkpointing
+
+    real_write = checkpointing.write
+
+    def failing_write(state: dict, path: Path) -> None:
+        if state["trainer"]["step"] == fail_at and not Path(marker).exists():
+            Path(marker).write_text(str(fail_at))
+            path.write_bytes(b"PK\x03\x04 half a checkpoint")
+            raise OSError(28, "No space left on device (injected)", str(path))
+        real_write(state, path)
+
+    checkpointing.write = failing_write
+
+
 def train_fn_per_worker(loop_config: dict) -> None:
     """Ray Train V2 entry point (train_loop_per_worker of the trial's TorchTrainer).
 
@@ -62,6 +81,7 @@ def train_fn_per_worker(loop_config: dict) -> None:
 
     quiet_train_logs()
     cfg = TrialConfig.from_dict(loop_config["trial"])
+    checkpoint_fault(loop_config, ray.train.get_context().get_world_rank())
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     placement = Placement(str(ray.train.torch.get_device()), rank, world,
