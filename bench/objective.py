@@ -34,7 +34,7 @@ import torch
 from bench.machine import describe, machine_info, markdown_table
 from trainables import acceleration
 from trainables.config import ATTENTIONS, PRECISIONS
-from trainables.cost import count_flops, device_name, peak_tflops
+from trainables.cost import count_training_step, device_name, peak_tflops
 from trainables.saved_activations import SavedActivations
 
 # name -> (per-sample shape, num_classes, batch): the method notes' Moons net and MNIST-sized / latent DiTs.
@@ -184,11 +184,7 @@ class Setup:
 
     def count(self) -> None:
         """Counted FLOPs of one loss + backward and the activations it saves (eager model, before any compile)."""
-        # As trainables.cost.measure_step_cost counts a trial: CUDA in the step's own attention kernels
-        # (the counter has flash / memory-efficient formulas), the CPU through SDPA's math kernel.
-        on_cpu = self.replica.device.type != "cuda"
-        self.flops = count_flops(lambda: self.loss().backward(), math_attention=on_cpu)
-        self.replica.model.zero_grad(set_to_none=True)
+        self.flops = count_training_step(self.loss, self.replica.model, self.replica.device)  # as a trial counts
         self.saved = self.saved_bytes()
 
     def warm_up(self, steps: int) -> None:

@@ -7,6 +7,7 @@ import re
 
 import pyarrow as pa
 
+from trainables import cost_schema
 from trainables.config import param_types
 from trainables.status import FROM_MLFLOW_RUN_STATUS, UNHEALTHY as _UNHEALTHY
 
@@ -48,12 +49,8 @@ META_FIELDS: list[tuple[str, pa.DataType]] = [
 # What a trial cost (issue 14): columns named as the metrics (as wall_time_s is) and as the
 # tags saying what ran, less "rcgm." (as trial_key is). Runs made before issue 14 carry none:
 # their columns are null, and the collector does not count them as missing.
-COST_METRICS = ("cost_forward_flops", "cost_flops_per_step", "cost_forward_equivalents",
-                "cost_total_flops", "cost_steps_per_s", "cost_samples_per_s", "cost_tflops_per_s",
-                "cost_train_time_s", "cost_mfu", "cost_peak_memory_mb",
-                "cost_saved_activations_mb")
-COST_TAGS = {"precision": "rcgm.precision", "attention": "rcgm.attention",
-             "compile": "rcgm.compile", "device": "rcgm.device"}
+COST_METRICS = cost_schema.SUMMARY_METRICS
+COST_TAGS = cost_schema.RUN_TAGS
 COST_FIELDS: list[tuple[str, pa.DataType]] = (
     [(name, pa.float64()) for name in COST_METRICS] + [(name, pa.string()) for name in COST_TAGS])
 

@@ -11,6 +11,7 @@ from matplotlib.lines import Line2D
 from dashboards import columns as C
 from dashboards.cells import Cell, build_grid
 from dashboards.figures import PANEL_LABEL, new_figure
+from trainables import cost_schema as S
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 ANY_KAPPA_MARKER = "h"  # a kappa-free order logged once (cells.merged_orders)
@@ -52,7 +53,7 @@ class CostCell:
         """Why the cell has no point in the figure; None when it has one."""
         if self.quality is not None and self.quality.all_unhealthy:
             return self.quality.label().split("\n")[0]
-        if self.mean("cost_total_flops") is None:
+        if self.mean(S.TOTAL_FLOPS) is None:
             return "no cost metrics"
         if self.quality is None or not self.quality.values:
             return "no metric value"
@@ -76,11 +77,11 @@ def cost_cells(table: pa.Table, column: str | None) -> list[CostCell]:
     quality = build_grid(table, column) if column else None
     ids = table.column("run_id").to_pylist()
     tags = {name: dict(zip(ids, table.column(name).to_pylist())) for name in C.COST_TAGS}
-    keys = sorted(grids["cost_total_flops"].cells,
+    keys = sorted(grids[S.TOTAL_FLOPS].cells,
                   key=lambda k: (k[0], -1.0 if k[1] is None else k[1]))
     out = []
     for key in keys:
-        run_ids = grids["cost_total_flops"].cells[key].run_ids
+        run_ids = grids[S.TOTAL_FLOPS].cells[key].run_ids
         out.append(CostCell(key[0], key[1], quality.cells[key] if quality else None,
                             {metric: grid.cells[key] for metric, grid in grids.items()},
                             {name: _tag_text([by_id[r] for r in run_ids])
@@ -109,7 +110,7 @@ def cost_figure(cells: list[CostCell], column: str | None, setup: str):
         marker[None] = ANY_KAPPA_MARKER
     shown = [c for c in cells if c.left_out() is None]
     for cell in shown:
-        x, q = cell.mean("cost_total_flops"), cell.quality
+        x, q = cell.mean(S.TOTAL_FLOPS), cell.quality
         ax.errorbar(x, q.mean, yerr=q.std if q.n >= 2 else None, fmt=marker[cell.kappa],
                     color=colour[cell.order], markersize=7, capsize=3)
         ax.annotate(cell.name, (x, q.mean), xytext=(6, 4), textcoords="offset points",
@@ -147,20 +148,20 @@ def left_out_note(cells: list[CostCell]) -> str | None:
 
 def _mfu(cell: CostCell) -> float | str | None:
     """MFU in percent, or why there is none (CPUs, or a GPU whose peak is not known)."""
-    mfu = cell.mean("cost_mfu")
+    mfu = cell.mean(S.TRIAL_MFU)
     if mfu is not None:
         return 100.0 * mfu
-    if cell.mean("cost_flops_per_step") is None:  # no healthy trial logged its cost
+    if cell.mean(S.FLOPS_PER_STEP) is None:  # no healthy trial logged its cost
         return None
     return "n/a (CPU)" if cell.tags["device"] == "cpu" else "n/a"
 
 
 def _memory(cell: CostCell) -> tuple[float | None, str | None]:
     """(MiB, what was measured): the CUDA peak when logged, else the CPU's saved activations."""
-    peak = cell.mean("cost_peak_memory_mb")
+    peak = cell.mean(S.TRIAL_PEAK_MEMORY_MB)
     if peak is not None:
         return peak, "CUDA peak allocated"
-    saved = cell.mean("cost_saved_activations_mb")
+    saved = cell.mean(S.SAVED_ACTIVATIONS_MB)
     return (saved, "saved for backward (CPU)") if saved is not None else (None, None)
 
 
@@ -174,17 +175,17 @@ def cost_rows(cells: list[CostCell]) -> list[dict]:
     rows = []
     for cell in cells:
         memory, measured = _memory(cell)
-        counted = cell.cost["cost_flops_per_step"]
+        counted = cell.cost[S.FLOPS_PER_STEP]
         rows.append({
             "N": cell.order, "kappa": "any" if cell.kappa is None else f"{cell.kappa:g}",
             "n": counted.n,
             "left out": ", ".join(f"{k} {s}" for s, k in sorted(counted.excluded.items())),
-            "GFLOP / step": _scaled(cell.mean("cost_flops_per_step"), 1e9),
-            "forward equivalents": cell.mean("cost_forward_equivalents"),
-            "total PFLOP": _scaled(cell.mean("cost_total_flops"), 1e15),
-            "steps/s": cell.mean("cost_steps_per_s"),
-            "samples/s": cell.mean("cost_samples_per_s"),
-            "TFLOP/s per device": cell.mean("cost_tflops_per_s"),
+            "GFLOP / step": _scaled(cell.mean(S.FLOPS_PER_STEP), 1e9),
+            "forward equivalents": cell.mean(S.FORWARD_EQUIVALENTS),
+            "total PFLOP": _scaled(cell.mean(S.TOTAL_FLOPS), 1e15),
+            "steps/s": cell.mean(S.TRIAL_STEPS_PER_S),
+            "samples/s": cell.mean(S.TRIAL_SAMPLES_PER_S),
+            "TFLOP/s per device": cell.mean(S.TRIAL_TFLOPS_PER_S),
             "MFU %": _mfu(cell), "memory MiB": memory, "memory measured": measured,
             **{name: cell.tags[name] for name in C.COST_TAGS},
         })

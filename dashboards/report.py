@@ -26,6 +26,7 @@ from dashboards.heatmaps import KINDS, heatmap_figure, kind_column, unplaced_not
 from dashboards.ordering import check_ordering
 from dashboards.paper_panel import paper_figure
 from dashboards.paper_values import IMAGENET_NOTE, MMD_CAVEAT, SOURCE
+from trainables import cost_schema
 
 ARTIFACT_DIR = "report"
 TRIAL_COLUMNS = ("run_name", "run_id", "status", "params.order", "params.kappa", "params.seed",
@@ -103,7 +104,7 @@ def _cost_blocks(table, column: str | None, out: Path, prefix: str,
     files.append(path)
     blocks = [H.heading("Cost: quality against compute", 3), H.image(path, "cost")]
     # unplaced_note too: an Optuna sweep's cells pool whatever it searched.
-    for note in (left_out_note(cells), unplaced_note(build_grid(table, "cost_total_flops"))):
+    for note in (left_out_note(cells), unplaced_note(build_grid(table, cost_schema.TOTAL_FLOPS))):
         if note:
             blocks.append(H.paragraph(note))
     return blocks + [H.table(cost_rows(cells)), H.paragraph(DEFINITION)]

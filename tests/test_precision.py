@@ -213,3 +213,20 @@ def test_cpu_trials_draw_exactly_what_they_drew_before_device_side_batches():
     assert trainer.generator.device.type == "cpu"
     x, y, z, t, r = trainer.draw_batch(8, torch.Generator().manual_seed(2))
     assert x.device.type == z.device.type == t.device.type == "cpu" and y.dtype == torch.long
+
+
+def test_the_guidance_difference_is_taken_in_fp32_under_bf16():
+    """v + w (F(y) - F(null)): two near-equal bf16 outputs, subtracted after the cast to fp32, not before."""
+    from trainables.rcgm.guidance import GuidedLabels
+
+    model = perturbed_dit()
+    x, z, t, _, y = batch(16)
+    x_t, v = expand(t, x) * z + (1 - expand(t, x)) * x, z - x
+    labels = GuidedLabels(4.0, 10, None)
+    null = torch.full_like(y, 10)
+    with torch.no_grad(), BF16:
+        got = labels.velocity(model, x_t, t, v, y)
+        cond, uncond = model(x_t, t, t, y), model(x_t, t, t, null)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, v + 4.0 * (cond.float() - uncond.float()), rtol=0, atol=0)
+    assert not torch.equal(got, v + 4.0 * (cond - uncond))  # subtracting in bf16 rounds the difference

@@ -17,6 +17,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
+from trainables import cost_schema as S
 from trainables.acceleration import autocast
 from trainables.saved_activations import SavedActivations
 
@@ -75,10 +76,10 @@ class StepCost:
 
     def metrics(self) -> dict[str, float]:
         """The counts as MLflow metrics."""
-        out = {"cost_forward_flops": float(self.forward_flops), "cost_flops_per_step": float(self.step_flops),
-               "cost_forward_equivalents": self.equivalents}
+        out = {S.FORWARD_FLOPS: float(self.forward_flops), S.FLOPS_PER_STEP: float(self.step_flops),
+               S.FORWARD_EQUIVALENTS: self.equivalents}
         if self.saved_bytes is not None:
-            out["cost_saved_activations_mb"] = self.saved_bytes / 2**20
+            out[S.SAVED_ACTIVATIONS_MB] = self.saved_bytes / 2**20
         return out
 
 
@@ -88,6 +89,14 @@ def count_flops(fn, math_attention: bool = True) -> int:
     with kernels, FlopCounterMode(display=False) as counter:
         fn()
     return int(counter.get_total_flops())
+
+
+def count_training_step(loss, model: torch.nn.Module, device: torch.device) -> int:
+    """FLOPs of loss().backward(), gradients cleared again: on CUDA in the step's own attention kernels
+    (the counter has flash / memory-efficient formulas), on the CPU through SDPA's math kernel."""
+    flops = count_flops(lambda: loss().backward(), math_attention=device.type != "cuda")
+    model.zero_grad(set_to_none=True)
+    return flops
 
 
 def measure_step_cost(trainer) -> StepCost:
@@ -112,7 +121,7 @@ def measure_step_cost(trainer) -> StepCost:
 
     on_cpu = device.type != "cuda"
     forward_flops = count_flops(forward, math_attention=on_cpu)
-    step_flops = count_flops(lambda: loss().backward(), math_attention=on_cpu)
+    step_flops = count_training_step(loss, model, device)
     saved = None
     if on_cpu:
         # In the trial's own attention kernel: the math kernel counted above saves the attention matrix.
@@ -120,8 +129,7 @@ def measure_step_cost(trainer) -> StepCost:
             value = loss()
         saved = counter.bytes
         del value
-    model.zero_grad(set_to_none=True)
-    if not on_cpu:
+    else:
         torch.cuda.reset_peak_memory_stats(device)  # the trial's peak is its training steps', not this count's
     return StepCost(forward_flops, step_flops, saved)
 
@@ -153,10 +161,10 @@ def rates(cost: StepCost | None, steps: int, seconds: float, global_batch: int, 
     if steps <= 0 or seconds <= 0.0:
         return {}
     per_s = steps / seconds
-    out = {"steps_per_s": per_s, "samples_per_s": per_s * global_batch}
+    out = {S.STEPS_PER_S: per_s, S.SAMPLES_PER_S: per_s * global_batch}
     if cost is not None:
         achieved = cost.step_flops * per_s / 1e12
-        out["tflops_per_s"] = achieved
+        out[S.TFLOPS_PER_S] = achieved
         if peak:
-            out["mfu"] = achieved / peak
+            out[S.MFU] = achieved / peak
     return {prefix + k: v for k, v in out.items()}

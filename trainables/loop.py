@@ -8,6 +8,7 @@ import torch
 
 from trainables import acceleration
 from trainables.config import TrialConfig
+from trainables.cost import measure_step_cost
 from trainables.data import load_task
 from trainables.models import build_model
 from trainables.rcgm.registry import build_objective
@@ -41,8 +42,6 @@ class Trainer:
 
     def __init__(self, cfg: TrialConfig, device=None, rank: int = 0, world_size: int = 1, wrap_model=None,
                  measure_cost: bool = False):
-        from trainables.cost import measure_step_cost
-
         self.cfg = cfg
         self.device = torch.device(device or "cpu")
         self.rank, self.world_size = rank, world_size

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from trainables import cost_schema as S
 from trainables.acceleration import attention_label
 from trainables.config import TrialConfig
 from trainables.cost import StepMeter, device_name, peak_tflops, rates
@@ -51,10 +52,10 @@ class Rank0:
     def run_tags(self) -> dict[str, str]:
         """How the steps ran: precision, attention path, compile, device and its peak."""
         cfg, trainer = self.cfg, self.trainer
-        return {"rcgm.precision": trainer.precision, "rcgm.compile": str(cfg.compile).lower(),
-                "rcgm.attention": attention_label(trainer.attention, cfg.model, cfg.objective),
-                "rcgm.device": self.device_name,
-                "rcgm.peak_tflops": "unknown" if self.peak_tflops is None else f"{self.peak_tflops:g}"}
+        values = {"precision": trainer.precision, "compile": str(cfg.compile).lower(),
+                  "attention": attention_label(trainer.attention, cfg.model, cfg.objective), "device": self.device_name,
+                  "peak_tflops": "unknown" if self.peak_tflops is None else f"{self.peak_tflops:g}"}
+        return {S.RUN_TAGS[k]: v for k, v in values.items()}
 
     def _training_rates(self, window: tuple[int, float]) -> dict[str, float]:
         """Throughput since the last evaluation and, on CUDA, the training steps' peak memory."""
@@ -63,7 +64,7 @@ class Rank0:
         if device.type == "cuda":
             peak = torch.cuda.max_memory_allocated(device) / 2**20
             self.peak_memory_mb = max(self.peak_memory_mb, peak)
-            out["peak_memory_mb"] = peak
+            out[S.PEAK_MEMORY_MB] = peak
         return out
 
     def evaluate(self, step: int, loss: float, window: tuple[int, float] = (0, 0.0)):
@@ -100,14 +101,14 @@ class Rank0:
 
     def cost_summary(self, step: int, meter: StepMeter | None) -> dict[str, float]:
         """The trial's cost: counted FLOPs, the whole trial's training compute, mean throughput and peak memory."""
-        cost = self.trainer.cost
-        out = {} if cost is None else cost.metrics()
+        cost, out = self.trainer.cost, {}
         if cost is not None:
             # Steps before a resume were paid for too: the trial's compute is counted to its last step.
-            out["cost_total_flops"] = float(cost.step_flops) * self.trainer.world_size * step
+            out[S.TOTAL_FLOPS] = float(cost.step_flops) * self.trainer.world_size * step
         if meter is not None:
-            out["cost_train_time_s"] = meter.total_s
-            out.update(rates(cost, meter.total_steps, meter.total_s, self.cfg.batch_size, self.peak_tflops, "cost_"))
+            out[S.TRAIN_TIME_S] = meter.total_s
+            out.update(rates(cost, meter.total_steps, meter.total_s, self.cfg.batch_size, self.peak_tflops,
+                             S.TRIAL_PREFIX))
         if self.peak_memory_mb:
-            out["cost_peak_memory_mb"] = self.peak_memory_mb
+            out[S.TRIAL_PEAK_MEMORY_MB] = self.peak_memory_mb
         return out
