@@ -237,5 +237,5 @@ def test_build_objective_names():
     assert isinstance(build_objective("rcgm", order=2), RCGMObjective)
     assert build_objective("rcgm", order=3, placement="random").placement == "random"
     with pytest.raises(ConfigError) as err:
-        build_objective("consistency", order=1)
+        build_objective("diffusion", order=1)
     assert err.value.field == "objective"

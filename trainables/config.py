@@ -29,6 +29,7 @@ DEFAULT_MODEL = {"points": "mlp", "images": "DiT-T/4", "latents": "DiT-T/2"}
 # Default evaluation set per kind (0 = auto), capped at an image task's held-out split: the bundled
 # MNIST holds out 500 images, digits 300; a latent folder of MNIST's 4500 training digits, 562 rows.
 DEFAULT_EVAL_SAMPLES = {"points": 2000, "images": 500, "latents": 500}
+RCGM_DEFAULT_ORDER = 2
 PRECISIONS = ("fp32", "bf16")
 ATTENTIONS = ("sdpa", "math")
 
@@ -70,10 +71,12 @@ class TrialConfig:
                         "python -m trainables.data.build_latents)")
     model: str = setting("auto", "the network F(x_t, t, r, y)", accepts=Choice(("auto", *MODEL_NAMES)),
                          auto="auto: " + ", ".join(f"{m} for {k}" for k, m in DEFAULT_MODEL.items()))
-    objective: str = setting("rcgm", "rcgm (the N-th order recursive objective) or meanflow (JVP baseline)",
+    objective: str = setting("rcgm", "rcgm (the N-th order recursive objective), or a first-order peer under the same "
+                             "target model: meanflow (JVP), shortcut (self-consistency), consistency (ECT-style)",
                              accepts=ranges.OBJECTIVE)
-    order: int = setting(2, "RCGM order N (0 = flow matching, 1 = consistency/MeanFlow-like, >= 2 higher order)",
-                         accepts=ranges.ORDER)
+    order: int | None = setting(None, "RCGM order N (0 = flow matching, 1 = consistency/MeanFlow-like, >= 2 higher "
+                                "order); the peers are first order", accepts=ranges.ORDER,
+                                auto=f"auto: {RCGM_DEFAULT_ORDER} for rcgm, 1 for the first-order peers")
     kappa: float = setting(0.999, "target-model EMA decay: 0 = the online model, 1 = frozen initial copy",
                            accepts=ranges.KAPPA)
     delta_t: float = setting(0.01, "length of the Euler first segment", accepts=ranges.DELTA_T)
@@ -145,6 +148,7 @@ class TrialConfig:
                 self._set("nfe", _nfe_tuple(value, accepts))
             else:
                 self._set(f.name, accepts.check(f.name, value))
+        self._check_order()
         kind = self.kind
         if self.model == "auto":
             self._set("model", DEFAULT_MODEL[kind])
@@ -165,6 +169,17 @@ class TrialConfig:
         if self.objective == "meanflow" and self.workers > 1:
             # torch.func.jvp cannot pass through DistributedDataParallel.
             raise ConfigError("workers", self.workers, "1 with objective 'meanflow' (its JVP cannot run under DDP)")
+
+    def _check_order(self) -> None:
+        """Resolve the order: the recursive objective's N, or 1 for a first-order peer (which has no other)."""
+        if self.objective == "rcgm":
+            if self.order is None:
+                self._set("order", RCGM_DEFAULT_ORDER)
+        elif self.order is None:
+            self._set("order", 1)
+        elif self.order != 1:
+            raise ConfigError("order", self.order, f"1 (or unset) with objective {self.objective!r}, a first-order "
+                              "objective; higher orders are objective 'rcgm'")
 
     def _check_task(self) -> None:
         """A known task name, or a latents folder made absolute."""

@@ -52,13 +52,16 @@ def peak_tflops(name: str, precision: str) -> float | None:
 
 
 def forward_equivalents(objective: str, order: int, guidance: float) -> float | None:
-    """Forwards one RCGM step costs: forward + backward (3), N no-grad target jumps, 2 guidance forwards.
+    """Forwards one step costs: forward + backward (3) per graded forward, the no-grad target forwards, 2 for guidance.
 
-    None for MeanFlow: its JVP has no simple count, the counter's figure is the one to use.
+    RCGM: 3 + N target jumps; shortcut: 3 (flow matching) + 3 (the jump) + 2 half jumps; consistency:
+    3 + 1 target forward at t'. None for MeanFlow: its JVP has no simple count, the counter's figure is
+    the one to use.
     """
-    if objective != "rcgm":
+    base = {"rcgm": 3.0 + order, "shortcut": 8.0, "consistency": 4.0}.get(objective)
+    if base is None:
         return None
-    return 3.0 + order + (2.0 if guidance > 0.0 else 0.0)
+    return base + (2.0 if guidance > 0.0 else 0.0)
 
 
 @dataclass(frozen=True)

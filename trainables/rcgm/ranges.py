@@ -9,7 +9,7 @@ from trainables.rcgm.checks import Choice, IntRange, RealRange
 
 INF = float("inf")
 
-OBJECTIVE = Choice(("rcgm", "meanflow"))
+OBJECTIVE = Choice(("rcgm", "meanflow", "shortcut", "consistency"))
 ORDER = IntRange(0)
 KAPPA = RealRange(0.0, 1.0)
 DELTA_T = RealRange(0.0, 1.0, low_open=True, high_open=True)
