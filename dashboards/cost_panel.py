@@ -9,7 +9,7 @@ from matplotlib import colormaps
 from matplotlib.lines import Line2D
 
 from dashboards import columns as C
-from dashboards.cells import Cell, build_grid
+from dashboards.cells import Cell, build_grid, has_peers, row_label, row_sort_key
 from dashboards.figures import PANEL_LABEL, new_figure
 from trainables import cost_schema as S
 
@@ -31,9 +31,9 @@ DEFINITION = (
 
 @dataclass(frozen=True)
 class CostCell:
-    """One (order, kappa) cell: its quality cell, a cell per cost metric, its trials' tags."""
+    """One (row, kappa) cell: its quality cell, a cell per cost metric, its trials' tags."""
 
-    order: int
+    row: tuple  # (objective, order), as dashboards.cells
     kappa: float | None
     quality: Cell | None
     cost: dict[str, Cell]
@@ -42,7 +42,7 @@ class CostCell:
     @property
     def name(self) -> str:
         """The point's label, e.g. "N=2 κ=0.999"."""
-        return f"N={self.order} \u03ba=" + ("any" if self.kappa is None else f"{self.kappa:g}")
+        return f"{row_label(self.row)} \u03ba=" + ("any" if self.kappa is None else f"{self.kappa:g}")
 
     def mean(self, metric: str) -> float | None:
         """Mean of a cost metric over the healthy trials that logged it; None when none did."""
@@ -72,13 +72,13 @@ def _tag_text(values: list) -> str | None:
 
 
 def cost_cells(table: pa.Table, column: str | None) -> list[CostCell]:
-    """A CostCell per (order, kappa) cell, by order then kappa; `column` is the quality metric."""
+    """A CostCell per (row, kappa) cell, by row then kappa; `column` is the quality metric."""
     grids = {metric: build_grid(table, metric) for metric in C.COST_METRICS}
     quality = build_grid(table, column) if column else None
     ids = table.column("run_id").to_pylist()
     tags = {name: dict(zip(ids, table.column(name).to_pylist())) for name in C.COST_TAGS}
     keys = sorted(grids[S.TOTAL_FLOPS].cells,
-                  key=lambda k: (k[0], -1.0 if k[1] is None else k[1]))
+                  key=lambda k: (row_sort_key(k[0]), -1.0 if k[1] is None else k[1]))
     out = []
     for key in keys:
         run_ids = grids[S.TOTAL_FLOPS].cells[key].run_ids
@@ -101,9 +101,9 @@ def cost_figure(cells: list[CostCell], column: str | None, setup: str):
     """Quality against training compute: a point per healthy cell, colour by N, marker by kappa."""
     fig = new_figure(8.0, 5.0)
     ax = fig.subplots()
-    orders = sorted({c.order for c in cells})
+    rows = sorted({c.row for c in cells}, key=row_sort_key)
     kappas = sorted({c.kappa for c in cells if c.kappa is not None})
-    colour = {o: colormaps["tab10"](i % 10) for i, o in enumerate(orders)}
+    colour = {r: colormaps["tab10"](i % 10) for i, r in enumerate(rows)}
     marker = {k: MARKERS[i % len(MARKERS)] for i, k in enumerate(kappas)}
     if any(c.kappa is None for c in cells):
         kappas.append(None)
@@ -112,7 +112,7 @@ def cost_figure(cells: list[CostCell], column: str | None, setup: str):
     for cell in shown:
         x, q = cell.mean(S.TOTAL_FLOPS), cell.quality
         ax.errorbar(x, q.mean, yerr=q.std if q.n >= 2 else None, fmt=marker[cell.kappa],
-                    color=colour[cell.order], markersize=7, capsize=3)
+                    color=colour[cell.row], markersize=7, capsize=3)
         ax.annotate(cell.name, (x, q.mean), xytext=(6, 4), textcoords="offset points",
                     fontsize=7)
     if shown:
@@ -120,8 +120,8 @@ def cost_figure(cells: list[CostCell], column: str | None, setup: str):
         ax.margins(x=0.15)  # room for the labels of the leftmost and rightmost points
         if all(c.quality.mean > 0 for c in shown):
             ax.set_yscale("log")
-        handles = [Line2D([], [], color=colour[o], marker="o", linestyle="", label=f"N={o}")
-                   for o in orders]
+        handles = [Line2D([], [], color=colour[r], marker="o", linestyle="", label=row_label(r))
+                   for r in rows]
         handles += [Line2D([], [], color="grey", marker=marker[k], linestyle="",
                            label="any \u03ba" if k is None else f"\u03ba={k:g}")
                     for k in kappas]
@@ -173,11 +173,12 @@ def _scaled(value: float | None, unit: float) -> float | None:
 def cost_rows(cells: list[CostCell]) -> list[dict]:
     """One table row per cell: what one step and the whole trial cost, and on what."""
     rows = []
+    peers = has_peers([c.row for c in cells])
     for cell in cells:
         memory, measured = _memory(cell)
         counted = cell.cost[S.FLOPS_PER_STEP]
         rows.append({
-            "N": cell.order, "kappa": "any" if cell.kappa is None else f"{cell.kappa:g}",
+            **({"objective": cell.row[0]} if peers else {}), "N": cell.row[1], "kappa": "any" if cell.kappa is None else f"{cell.kappa:g}",
             "n": counted.n,
             "left out": ", ".join(f"{k} {s}" for s, k in sorted(counted.excluded.items())),
             "GFLOP / step": _scaled(cell.mean(S.FLOPS_PER_STEP), 1e9),

@@ -1,4 +1,4 @@
-"""kappa (columns) x order N (rows) heatmaps: one panel per kind (final, best) and NFE."""
+"""kappa (columns) x row heatmaps (RCGM's orders N, then any first-order peers): a panel per kind (final, best) and NFE."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from matplotlib.colors import LogNorm
 from matplotlib.patches import Rectangle
 
 from dashboards import columns as C
-from dashboards.cells import Grid, build_grid
+from dashboards.cells import Grid, build_grid, row_label
 from dashboards.figures import (PANEL_LABEL, UNHEALTHY_EDGE, UNHEALTHY_FACE, new_figure,
                                 text_colour)
 
@@ -56,19 +56,19 @@ def _draw_cell(ax, x, y, width, cell, norm):
 def draw_grid(ax, grid: Grid, norm: LogNorm, title: str) -> None:
     """Draw one panel: a rectangle per cell, merged rows spanning every kappa column."""
     ncols = max(len(grid.kappas), 1)
-    for row, order in enumerate(grid.orders):
-        if order in grid.merged_orders:
-            _draw_cell(ax, 0, row, ncols, grid.cell(order, None), norm)
+    for y, (objective, order) in enumerate(grid.rows):
+        if (objective, order) in grid.merged_rows:
+            _draw_cell(ax, 0, y, ncols, grid.cell(order, None, objective), norm)
             continue
         for col, kappa in enumerate(grid.kappas):
-            _draw_cell(ax, col, row, 1, grid.cell(order, kappa), norm)
+            _draw_cell(ax, col, y, 1, grid.cell(order, kappa, objective), norm)
     ax.set_xlim(0, ncols)
-    ax.set_ylim(len(grid.orders), 0)  # first order on top, as in the paper's table
+    ax.set_ylim(len(grid.rows), 0)  # first order on top, as in the paper's table
     ax.set_xticks([i + 0.5 for i in range(ncols)])
     ax.set_xticklabels([f"\u03ba={k:g}" for k in grid.kappas] or ["\u03ba n/a"], fontsize=8)
-    ax.set_yticks([i + 0.5 for i in range(len(grid.orders))])
-    ax.set_yticklabels([f"N={o}" + (" (any \u03ba)" if o in grid.merged_orders else "")
-                        for o in grid.orders], fontsize=8)
+    ax.set_yticks([i + 0.5 for i in range(len(grid.rows))])
+    ax.set_yticklabels([row_label(r) + (" (any \u03ba)" if r in grid.merged_rows else "")
+                        for r in grid.rows], fontsize=8)
     ax.tick_params(length=0)
     for side in ax.spines.values():
         side.set_visible(False)
@@ -93,7 +93,7 @@ def heatmap_figure(table: pa.Table, family: str, nfes: list[int], title: str = "
     kinds = [k for k in KINDS if any(key[0] == k for key in grids)]
     any_grid = next(iter(grids.values()))
     ncols = max(len(any_grid.kappas), 1)
-    panel_w, panel_h = 1.0 + 1.25 * ncols, 0.9 + 0.8 * max(len(any_grid.orders), 1)
+    panel_w, panel_h = 1.0 + 1.25 * ncols, 0.9 + 0.8 * max(len(any_grid.rows), 1)
     fig = new_figure(max(panel_w * len(nfes) + 1.6, 6.5), panel_h * len(kinds) + 0.9)
     norm = log_norm(list(grids.values()))
     axes = fig.subplots(len(kinds), len(nfes), squeeze=False)

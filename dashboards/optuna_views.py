@@ -21,6 +21,7 @@ from dashboards.ordering import pick_column
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 # Params that are not search dimensions even when they vary.
 NOT_SEARCHED = {C.param_col(p) for p in C.REPLICATE_PARAMS}
+MAX_INTEGER_MARKS = 12  # an integer axis this short labels every value (order 1..6)
 
 
 def objective_column(table: pa.Table, parent_tags: dict | None = None) -> tuple[str | None, str]:
@@ -35,42 +36,67 @@ def objective_column(table: pa.Table, parent_tags: dict | None = None) -> tuple[
     return pick_column(table), direction
 
 
-def _distribution(values: list):
-    """An Optuna distribution spanning the observed values of one param column."""
+# Params the views show through a transform: name -> (shown name, transform, log axis). kappa's
+# useful values crowd towards 1 (0.9, 0.99, 0.999); 1 - kappa on a log axis spreads them, as the
+# order_kappa search (sweeps/spaces.py) samples it.
+SHOWN_AS = {"kappa": ("1 - kappa", lambda kappa: 1.0 - kappa, True)}
+
+
+def _distribution(values: list, log: bool | None = None):
+    """An Optuna distribution spanning the observed values of one param column (log: None = by its span)."""
     present = [v for v in values if v is not None]
     if isinstance(present[0], str):
         return CategoricalDistribution(sorted(set(present)))
     lo, hi = min(present), max(present)
     if isinstance(present[0], int) and not isinstance(present[0], bool):
         return IntDistribution(int(lo), int(hi))
-    # lr-like spans read better (and import better) on a log axis
-    return FloatDistribution(float(lo), float(hi), log=lo > 0 and hi / lo >= 20)
+    if log is None:
+        log = hi / lo >= 20 if lo > 0 else False  # lr-like spans read better (and import better) on a log axis
+    return FloatDistribution(float(lo), float(hi), log=log and lo > 0)
 
 
-def searched_params(table: pa.Table) -> dict[str, object]:
-    """param name -> distribution, for each param that varies across the sweep's trials."""
+def _searched(table: pa.Table) -> dict[str, tuple[object, list]]:
+    """shown name -> (distribution, value per row), for each param that varies across the sweep's trials."""
     out = {}
-    for name in table.column_names:
-        if not name.startswith("params.") or name in NOT_SEARCHED:
+    for col in table.column_names:
+        if not col.startswith("params.") or col in NOT_SEARCHED:
             continue
-        values = table.column(name).to_pylist()
-        if len({v for v in values if v is not None}) > 1:
-            out[name[len("params."):]] = _distribution(values)
+        values = table.column(col).to_pylist()
+        if len({v for v in values if v is not None}) < 2:
+            continue
+        name, log = col[len("params."):], None
+        if name in SHOWN_AS:
+            name, transform, log = SHOWN_AS[name]
+            values = [None if v is None else transform(v) for v in values]
+        out[name] = (_distribution(values, log), values)
     return out
+
+
+def params_text(params: dict) -> str:
+    """A trial's params for a sentence: 4 significant digits, a shown param with its own value (1 - kappa=0.001 (kappa 0.999))."""
+    own = {shown: (name, transform) for name, (shown, transform, _) in SHOWN_AS.items()}
+    parts = []
+    for name, value in params.items():
+        text = f"{name}={value:.4g}" if isinstance(value, float) else f"{name}={value}"
+        if name in own and isinstance(value, float):
+            # 1 - x is its own inverse: the shown value's transform gives back the param.
+            param, transform = own[name]
+            text += f" ({param} {transform(value):.6g})"
+        parts.append(text)
+    return ", ".join(parts)
 
 
 def build_study(table: pa.Table, column: str, direction: str = "minimize") -> optuna.Study:
     """An in-memory study with one FrozenTrial per row (failed when unhealthy or valueless)."""
     study = optuna.create_study(direction=direction)
-    dists = searched_params(table)
-    rows = table.to_pylist()
-    for row in rows:
-        params = {p: row[C.param_col(p)] for p in dists if row[C.param_col(p)] is not None}
+    searched = _searched(table)
+    for i, row in enumerate(table.to_pylist()):
+        params = {p: values[i] for p, (_, values) in searched.items() if values[i] is not None}
         value = row.get(column)
         ok = row["status"] not in C.UNHEALTHY and C.finite(value)
         study.add_trial(create_trial(
             state=TrialState.COMPLETE if ok else TrialState.FAIL, value=value if ok else None,
-            params=params, distributions={p: dists[p] for p in params},
+            params=params, distributions={p: searched[p][0] for p in params},
             user_attrs={"run_id": row["run_id"], "status": row["status"]}))
     return study
 
@@ -136,6 +162,27 @@ def _axis_position(values: list, dist) -> list[float]:
     return [(v - lo) / span if v is not None else math.nan for v in values]
 
 
+def _inner_marks(dist) -> list[tuple[float, str]]:
+    """(position, label) inside a param's axis: each integer of a short integer range, each decade of a log axis."""
+    if isinstance(dist, IntDistribution) and dist.high - dist.low <= MAX_INTEGER_MARKS:
+        inner = list(range(dist.low + 1, dist.high))
+    elif isinstance(dist, FloatDistribution) and dist.log:
+        decades = range(math.floor(math.log10(dist.low)) + 1, math.ceil(math.log10(dist.high)))
+        inner = [v for v in (10.0 ** k for k in decades) if dist.low < v < dist.high]
+    else:
+        return []
+    return list(zip(_axis_position(inner, dist), (f"{v:g}" for v in inner)))
+
+
+def _axis_title(name: str, dist) -> str:
+    """A parallel-coordinates axis' name, saying when it counts integers or runs on a log scale."""
+    if isinstance(dist, IntDistribution):
+        return f"{name}\n(integer)"
+    if isinstance(dist, FloatDistribution) and dist.log:
+        return f"{name}\n(log scale)"
+    return name
+
+
 def parallel_figure(study: optuna.Study, column: str):
     """Parallel coordinates: an axis per searched param plus the objective, lines coloured by it."""
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
@@ -151,25 +198,31 @@ def parallel_figure(study: optuna.Study, column: str):
     norm = LogNorm(min(values), max(values)) if positive and min(values) < max(values) else \
         Normalize(min(values), max(values) if max(values) > min(values) else min(values) + 1)
     cmap = colormaps["viridis_r"]  # better (lower) objectives in bright yellow
-    columns, ends = [], []
+    columns, ends, inner, titles = [], [], [], []
     for name in names:
         dist = next(t.distributions[name] for t in done if name in t.distributions)
         columns.append(_axis_position([t.params.get(name) for t in done], dist))
         ends.append((dist.choices[0], dist.choices[-1]) if isinstance(dist, CategoricalDistribution)
                     else (f"{dist.low:.3g}", f"{dist.high:.3g}"))
+        inner.append(_inner_marks(dist))
+        titles.append(_axis_title(name, dist))
     ends.append((f"{min(values):.3g}", f"{max(values):.3g}"))
+    inner.append([])
     objective = [float(norm(v)) for v in values]
     columns.append(objective)
     xs = np.arange(len(columns))
     for i, value in enumerate(values):
         ax.plot(xs, [col[i] for col in columns], color=cmap(norm(value)), alpha=0.8, linewidth=1.2)
-    for x, (low, high) in zip(xs, ends):
+    for x, (low, high), marks in zip(xs, ends, inner):
         ax.axvline(x, color="#555555", linewidth=0.8)
         ax.text(x, 1.02, str(high), ha="center", va="bottom", fontsize=7)
         ax.text(x, -0.02, str(low), ha="center", va="top", fontsize=7)
+        for position, label in marks:
+            ax.plot([x - 0.03, x], [position, position], color="#555555", linewidth=0.8)
+            ax.text(x - 0.05, position, label, ha="right", va="center", fontsize=6, color="#333333")
     ax.set_ylim(-0.12, 1.12)
     ax.set_xticks(xs)
-    ax.set_xticklabels(names + [column], fontsize=8)
+    ax.set_xticklabels(titles + [column], fontsize=8)
     ax.set_yticks([])
     ax.set_title("Parallel coordinates (each axis spans its observed range)", fontsize=9)
     return fig

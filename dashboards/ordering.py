@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 
 from dashboards import columns as C
-from dashboards.cells import Cell, Grid, build_grid
+from dashboards.cells import RCGM, Cell, Grid, build_grid
 from dashboards.paper_values import CLAIMS, HIGH_KAPPA
 
 REPRODUCED, NOT_REPRODUCED, NOT_ENOUGH = "reproduced", "NOT reproduced", "not enough data"
@@ -94,6 +94,9 @@ def check_ordering(table: pa.Table, column: str | None = None) -> OrderingCheck:
     reasons.append(f"{CLAIMS[1]}: {_yes(got)} (N=2 {_show(second_high)} vs N=1 "
                    f"{_show(first_high)} at \u03ba={high:g})")
     results.append(got)
+    # The peers do not change the verdict (the paper's claims are about RCGM's orders); they answer
+    # whether other first-order objectives break under the same strong EMA target.
+    reasons += peer_reasons(grid, high)
     if any(r is False for r in results):
         verdict = NOT_REPRODUCED
     elif any(r is None for r in results):
@@ -101,6 +104,27 @@ def check_ordering(table: pa.Table, column: str | None = None) -> OrderingCheck:
     else:
         verdict = REPRODUCED
     return OrderingCheck(verdict, column, reasons)
+
+
+def peer_reasons(grid: Grid, high: float) -> list[str]:
+    """One sentence per first-order peer: is it worse at the high kappa than at its best lower kappa?"""
+    out = []
+    for objective, order in grid.rows:
+        if objective == RCGM:
+            continue
+        at_high = grid.cell(order, high, objective)
+        lows = [(k, grid.cell(order, k, objective)) for k in grid.kappas if k < high]
+        lows = [(k, c) for k, c in lows if _score(c) is not None]
+        if not lows:
+            out.append(f"{objective} (first order) worse at \u03ba={high:g}: unknown (no lower kappa)")
+            continue
+        best_k, best = min(lows, key=lambda kc: _score(kc[1]))
+        ratio = ""
+        if at_high is not None and at_high.values and best.values and best.mean > 0:
+            ratio = f", {at_high.mean / best.mean:.2g}x"
+        out.append(f"{objective} (first order) worse at \u03ba={high:g} than at its best lower \u03ba: "
+                   f"{_yes(worse(at_high, best))} ({_show(best)} at \u03ba={best_k:g} -> {_show(at_high)}{ratio})")
+    return out
 
 
 def _yes(result: bool | None) -> str:

@@ -14,7 +14,7 @@ from mlflow.exceptions import MlflowException
 
 from dashboards import columns as C
 from dashboards import htmlpage as H
-from dashboards.cells import build_grid
+from dashboards.cells import build_grid, has_peers, row_sort_key
 from dashboards.collect import (PAGE_SIZE, Collection, client_for, collect, collect_history,
                                 default_out_dir, default_tracking_uri, write_parquet)
 from dashboards.cost_panel import (DEFINITION, NO_COST_NOTE, cost_cells, cost_figure, cost_rows,
@@ -29,7 +29,7 @@ from dashboards.paper_values import IMAGENET_NOTE, MMD_CAVEAT, SOURCE
 from trainables import cost_schema
 
 ARTIFACT_DIR = "report"
-TRIAL_COLUMNS = ("run_name", "run_id", "status", "params.order", "params.kappa", "params.seed",
+TRIAL_COLUMNS = ("run_name", "run_id", "status", "params.objective", "params.order", "params.kappa", "params.seed",
                  "final_step", "wall_time_s", "git_commit", "git_dirty")
 
 
@@ -53,8 +53,11 @@ def _number_rows(table: pa.Table, family: str, nfes: list[int]) -> list[dict]:
             if col not in table.column_names:
                 continue
             grid = build_grid(table, col)
-            for (order, kappa), cell in grid.cells.items():
-                row = rows.setdefault((order, -1.0 if kappa is None else kappa), {
+            peers = has_peers(grid.rows)
+            for ((objective, order), kappa), cell in grid.cells.items():
+                key = (row_sort_key((objective, order)), -1.0 if kappa is None else kappa)
+                row = rows.setdefault(key, {
+                    **({"objective": objective} if peers else {}),
                     "N": order, "kappa": "any" if kappa is None else f"{kappa:g}",
                     "left out": ", ".join(f"{k} {s}" for s, k in sorted(cell.excluded.items()))})
                 name = f"{kind} {C.metric_key(family, nfe)}"
@@ -143,7 +146,7 @@ def _optuna_section(table, col: Collection, sweep: str, out: Path, prefix: str,
                     files: list[Path]) -> list[str]:
     # Imported here: optuna costs a second of start-up that grid-only reports never need.
     from dashboards.optuna_views import (build_study, history_figure, importance_figure,
-                                         importances, objective_column, parallel_figure)
+                                         importances, objective_column, parallel_figure, params_text)
     parent = next((p for p in col.parents if p.sweep == sweep), None)
     column, direction = objective_column(table, parent.tags if parent else None)
     if column is None:
@@ -165,7 +168,7 @@ def _optuna_section(table, col: Collection, sweep: str, out: Path, prefix: str,
     best = study.best_trial if any(t.value is not None for t in study.trials) else None
     if best:
         blocks.append(H.paragraph(f"best trial: {best.user_attrs['run_id']} {column}="
-                                  f"{best.value:.4g} with {best.params}"))
+                                  f"{best.value:.4g} with {params_text(best.params)}"))
     if C.param_col("order") in table.column_names:
         blocks += _cost_blocks(table, column, out, prefix, files)
     return blocks

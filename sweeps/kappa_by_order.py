@@ -2,6 +2,7 @@
 
   python sweeps/kappa_by_order.py                      # local Ray, MLflow on SQLite under runs/
   python sweeps/kappa_by_order.py --smoke              # 2 orders x 2 kappas, ~1-2 minutes
+  python sweeps/kappa_by_order.py --size first_order   # RCGM N=1,2 beside MeanFlow, shortcut, consistency
   ray job submit --working-dir . -- python sweeps/kappa_by_order.py --storage-path /shared/ray
 
 Rerunning the same command resumes the sweep: finished trials are kept, unfinished ones
@@ -27,8 +28,10 @@ from trainables.data.catalog import IMAGE_TASKS  # noqa: E402
 from trainables.locations import default_storage_path, default_tracking_uri  # noqa: E402
 from trainables.preflight import BAD_INPUT  # noqa: E402
 from trainables.rcgm.errors import ConfigError  # noqa: E402
+from trainables.rcgm.ranges import OBJECTIVE  # noqa: E402
 
 GRID_FIELDS = tuple(GRID_FLAGS)
+OBJECTIVES = OBJECTIVE.choices
 
 
 def parse_list(text: str, kind, flag: str) -> tuple:
@@ -45,7 +48,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--size", choices=sorted(GRIDS), default=None,
                         help="named grid size (default: 'mnist' for image tasks, else 'default'): " + "; ".join(f"{k}: {v.about}" for k, v in GRIDS.items()))
     parser.add_argument("--smoke", action="store_true", help="same as --size smoke")
-    parser.add_argument("--orders", default=None, help="comma-separated orders N (default: the size's)")
+    parser.add_argument("--objectives", default=None,
+                        help="comma-separated objectives: rcgm (every order) and first-order peers under the same "
+                             "kappa, each a row at N=1: " + ", ".join(o for o in OBJECTIVES if o != "rcgm")
+                             + " (default: the size's, rcgm for most)")
+    parser.add_argument("--orders", default=None, help="comma-separated RCGM orders N (default: the size's)")
     parser.add_argument("--kappas", default=None, help="comma-separated kappas in [0, 1] (default: the size's)")
     parser.add_argument("--seeds", default=None, help="a count (3 = seeds 0,1,2) or a list with a comma (0,5) (default: the size's)")
     add_sweep_arguments(parser, experiment="kappa_by_order")
@@ -71,12 +78,28 @@ def parse_seeds(text: str | None, default: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(range(count[0]))
 
 
+def parse_objectives(text: str | None, default: tuple[str, ...]) -> tuple[str, ...]:
+    """--objectives: known names, each once, in the order given; the size's when unset."""
+    if text is None:
+        return default
+    names = tuple(part.strip() for part in str(text).split(",") if part.strip())
+    unknown = [n for n in names if n not in OBJECTIVES]
+    if not names or unknown or len(set(names)) != len(names):
+        raise ConfigError("objectives", text, "a comma-separated list of distinct names from " + ", ".join(OBJECTIVES),
+                          flag="--objectives")
+    return names
+
+
 def plan_from_args(args: argparse.Namespace) -> SweepPlan:
     """Merge the named size with the flags into a plan (validated by the launcher before Ray starts)."""
     size_name = "smoke" if args.smoke else (args.size or default_size(args.task))
     size = GRIDS[size_name]
     # Two 1-CPU trials plus their tiny Tune drivers must fit on two cores.
     values = {"cpus_per_worker": 0.99, **size.trial, **trial_values_from_args(args, skip=GRID_FIELDS)}
+    objectives = parse_objectives(args.objectives, size.objectives)
+    if args.orders and "rcgm" not in objectives:
+        raise ConfigError("orders", args.orders, "unset when --objectives has no rcgm (the peers are first order)",
+                          flag="--orders")
     orders = parse_list(args.orders, int, "orders") if args.orders else size.orders
     kappas = parse_list(args.kappas, float, "kappas") if args.kappas else size.kappas
     seeds = parse_seeds(args.seeds, size.seeds)
@@ -86,13 +109,18 @@ def plan_from_args(args: argparse.Namespace) -> SweepPlan:
     plan = SweepPlan(
         name="", experiment=args.experiment, tracking_uri=args.tracking_uri or default_tracking_uri(),
         storage_path=args.storage_path or default_storage_path(), values=values, search="grid",
-        cells=grid_cells(orders, kappas, seeds), max_concurrent=args.max_concurrent, address=args.address,
+        cells=grid_cells(orders, kappas, seeds, objectives), max_concurrent=args.max_concurrent, address=args.address,
         report=not args.no_report, runner=args.trial_runner, verbose=args.verbose,
     )
     base = plan.base
-    plan.name = args.name or (size_name if size_name == base.task else f"{base.task_label}-{size_name}")
+    default_name = size_name if size_name == base.task else f"{base.task_label}-{size_name}"
+    if objectives != size.objectives:
+        default_name += "-" + "+".join(objectives)  # not the size's sweep: a name of its own
+    plan.name = args.name or default_name
+    # Recorded only when not RCGM alone, so sweeps from before the peers resume with the same settings.
+    extra = {} if objectives == ("rcgm",) else {"objectives": ",".join(objectives)}
     plan.settings = {
-        "orders": ",".join(map(str, orders)), "kappas": ",".join(f"{k:g}" for k in kappas),
+        **extra, "orders": ",".join(map(str, orders)), "kappas": ",".join(f"{k:g}" for k in kappas),
         "seeds": ",".join(map(str, seeds)), **{k: v for k, v in base.tracking_params().items() if k not in GRID_FIELDS},
     }
     return plan

@@ -19,23 +19,24 @@ from pathlib import Path
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from trainables.config import TrialConfig
+from trainables.config import TrialConfig, flag_of
 from trainables.locations import (
-    REPO_ROOT, check_not_temporary, check_storage_path, mlflow_ui_command, reports_dir, temporary_checkout,
+    REPO_ROOT, check_not_temporary, check_storage_path, mlflow_ui_command, optuna_dashboard_command, reports_dir,
+    temporary_checkout,
 )
 from trainables.preflight import BAD_INPUT, check_trial_inputs
 from trainables.rcgm.errors import ConfigError
 from trainables.tracking import (
     TrialTracking, close_sweep_run, ensure_experiment, git_info, mark_stopped_trials, open_sweep_run, sweep_outcome,
 )
-from trainables.tune_trial import SearchTemplate, TrialSpec, apply_cell
+from trainables.tune_trial import SearchTemplate, TrialSpec, apply_cell, setting_of
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130  # what a shell reports for Ctrl-C
 DRIVER_CPU = 0.01  # a Tune trial that only waits on its TorchTrainer
 RUNNER_CHOICES = ("auto", "inline", "train")
 # The grid's axes: set per cell, by the plural flags of kappa_by_order.py.
-GRID_FLAGS = {"order": "--orders", "kappa": "--kappas", "seed": "--seeds"}
+GRID_FLAGS = {axis: f"--{axis}s" for axis in ("objective", "order", "kappa", "seed")}
 PROGRESS_INTERVAL_S = 30.0
 
 
@@ -54,7 +55,7 @@ class SweepPlan:
     values: dict  # trial settings as given (named size under the flags); placeholders resolve per cell
     search: str = "grid"  # or "optuna"
     cells: list[dict] = field(default_factory=list)
-    space: dict = field(default_factory=dict)  # optuna: name -> (low, high, log)
+    space: dict = field(default_factory=dict)  # optuna: name -> sweeps.spaces.Param
     num_samples: int = 0
     max_concurrent: int | None = None
     address: str | None = None
@@ -106,14 +107,30 @@ def validate(plan: SweepPlan) -> SweepPlan:
                 raise err.with_flag(GRID_FLAGS[err.field], field=err.field + "s") from None
             raise
     if plan.search == "optuna":
-        for name, (low, high, _) in plan.space.items():
-            plan.cell_config({name: low})
-            plan.cell_config({name: high})
+        for name, param in plan.space.items():
+            check_not_fixed(plan.values, name, param)
+            for end in (param.low, param.high):  # e.g. order 1 and 6, kappa 1 - 1e-4 and 0.5
+                plan.cell_config({name: param.kind(end)})
     check_trial_inputs(plan.base)
     check_not_temporary(plan.tracking_uri, plan.storage_path, plan.optuna_storage)  # before the check creates a store there
     check_storage_path(plan.storage_path)
     plan.tracking_uri = check_tracking_uri(plan.tracking_uri)
     return plan
+
+
+def check_not_fixed(values: dict, name: str, param) -> None:
+    """Refuse a searched setting that the trial values also fix (a flag such as --kappa): the search would override it."""
+    setting = setting_of(name)
+    if setting.startswith("time_params."):
+        key = setting.split(".", 1)[1]
+        given = values.get("time_params", {}).get(key)
+        field, flag = f"time_params.{key}", "--time-params"
+    else:
+        given, field, flag = values.get(setting), setting, flag_of(setting)
+    if given is not None:
+        sets = "" if name == setting else f" sets {setting}"
+        raise ConfigError(field, given, f"no value: the search samples it ({name} in {param.low:g}..{param.high:g}{sets})",
+                          flag=flag)
 
 
 def open_parent_run(plan: SweepPlan) -> tuple[str, bool]:
@@ -217,14 +234,15 @@ def build_tuner(plan: SweepPlan, parent_run_id: str):
 
 
 def final_rows(results) -> list[tuple]:
-    """(order, kappa, final 1-NFE metric, status) per grid trial of a finished Tuner."""
+    """(order, or a peer's objective name; kappa; final 1-NFE metric; status) per grid trial of a finished Tuner."""
     rows = []
     for r in results:
         entry = (r.config or {}).get("trial")
         if entry is None or not r.metrics:
             continue
         cfg = TrialSpec.from_dict(entry["spec"]).config
-        rows.append((cfg.order, cfg.kappa, r.metrics.get(cfg.metric_names()[0]), r.metrics.get("status")))
+        row = cfg.order if cfg.objective == "rcgm" else cfg.objective
+        rows.append((row, cfg.kappa, r.metrics.get(cfg.metric_names()[0]), r.metrics.get("status")))
     return rows
 
 
@@ -247,6 +265,8 @@ def run_sweep(plan: SweepPlan) -> int:
         return EXIT_BAD_INPUT
     started = time.time()
     print(f"tracking: {plan.tracking_uri} (experiment {plan.experiment!r}); checkpoints: {plan.storage_path}/{plan.name}", flush=True)
+    if plan.optuna_storage:
+        print(f"Optuna study {plan.name!r}, live: {optuna_dashboard_command(plan.optuna_storage)}", flush=True)
     try:
         return _run_trials(plan, parent_run_id, started)
     except SweepError as err:
@@ -290,6 +310,8 @@ def _run_trials(plan: SweepPlan, parent_run_id: str, started: float) -> int:
         print(report_line(plan, parent_run_id))
     experiment_id = ensure_experiment(plan.tracking_uri, plan.experiment)
     print(f"open the MLflow UI: {mlflow_ui_command(plan.tracking_uri, experiment_id)}")
+    if plan.optuna_storage:
+        print(f"open the Optuna study {plan.name!r}: {optuna_dashboard_command(plan.optuna_storage)}")
     close_sweep_run(plan.tracking_uri, parent_run_id, wall)
     errors = sum(1 for r in results if r.error)
     if errors:

@@ -1,13 +1,20 @@
-"""Optuna TPE search with ASHA early stopping, for continuous spaces (schedules, lr, guidance)."""
+"""Optuna TPE search with ASHA early stopping, over real and integer settings (schedules, lr, guidance, order, kappa)."""
 
 from __future__ import annotations
 
 
 def optuna_param_space(space: dict) -> dict:
-    """Tune distributions for name -> (low, high, log)."""
+    """Tune distributions for name -> sweeps.spaces.Param (both ends included)."""
     from ray import tune
 
-    return {name: (tune.loguniform(low, high) if log else tune.uniform(low, high)) for name, (low, high, log) in space.items()}
+    def domain(param):
+        if param.kind is int:
+            # Tune's randint / lograndint exclude the upper end (OptunaSearch asks Optuna for upper - 1).
+            sample = tune.lograndint if param.log else tune.randint
+            return sample(int(param.low), int(param.high) + 1)
+        return (tune.loguniform if param.log else tune.uniform)(param.low, param.high)
+
+    return {name: domain(param) for name, param in space.items()}
 
 
 def optuna_tune_config(plan, max_concurrent: int, naming: dict):

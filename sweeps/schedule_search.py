@@ -1,7 +1,8 @@
-"""Optuna search over time-sampling schedules (and lr / guidance) for a fixed order and kappa.
+"""Optuna search over time-sampling schedules (and lr / guidance) for a fixed order and kappa, or over both.
 
   python sweeps/schedule_search.py --space beta_schedule --order 2 --kappa 0.999 --samples 16
   python sweeps/schedule_search.py --space image_guidance --samples 8
+  python sweeps/schedule_search.py --space order_kappa --samples 24
 
 TPE (seeded) proposes the settings, ASHA stops collapsing trials early; the study lives in
 runs/optuna.db so `optuna-dashboard sqlite:///runs/optuna.db` can open it. Rerunning the
@@ -23,6 +24,10 @@ from trainables.cli import add_trial_arguments, trial_values_from_args  # noqa: 
 from trainables.locations import default_optuna_storage, default_storage_path, default_tracking_uri, runs_dir  # noqa: E402
 from trainables.preflight import BAD_INPUT  # noqa: E402
 from trainables.rcgm.errors import ConfigError  # noqa: E402
+from trainables.tune_trial import setting_of  # noqa: E402
+
+# order and kappa of the spaces that do not search them (--order / --kappa change them).
+FIXED_METHOD = {"order": 2, "kappa": 0.999}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -41,7 +46,10 @@ def plan_from_args(args: argparse.Namespace) -> SweepPlan:
     space = SEARCHES[args.space]
     if args.samples < 1:
         raise ConfigError("samples", args.samples, "an integer >= 1", flag="--samples")
-    values = {"cpus_per_worker": 0.99, "order": 2, "kappa": 0.999, **space.trial, **trial_values_from_args(args)}
+    searched = {setting_of(name) for name in space.params}
+    fixed = {k: v for k, v in FIXED_METHOD.items() if k not in searched}
+    # A flag for a searched setting (--order with order_kappa) stays in values: the launcher refuses it.
+    values = {"cpus_per_worker": 0.99, **fixed, **space.trial, **trial_values_from_args(args)}
     # Every report must carry the metric ASHA and TPE compare on: checkpoints only with evaluations (0 = auto).
     values["checkpoint_every"] = 0
     plan = SweepPlan(
@@ -52,8 +60,13 @@ def plan_from_args(args: argparse.Namespace) -> SweepPlan:
         optuna_storage=args.optuna_storage or default_optuna_storage(),
     )
     base = plan.base
-    plan.name = args.name or f"{base.task_label}-{args.space}-N{base.order}-k{base.kappa:g}"
-    plan.settings = {"space": args.space, "samples": args.samples, **base.tracking_params()}
+    # The name says the order and kappa where the space fixes them: moons-beta_schedule-N2-k0.999, moons-order_kappa.
+    fixed_parts = {"order": f"-N{base.order}", "kappa": f"-k{base.kappa:g}"}
+    plan.name = args.name or base.task_label + "-" + args.space + "".join(
+        part for k, part in fixed_parts.items() if k not in searched)
+    # What every trial shares; the searched settings vary per trial (a resume compares these keys only).
+    shared = {k: v for k, v in base.tracking_params().items() if k not in searched}
+    plan.settings = {"space": args.space, "samples": args.samples, **shared}
     return plan
 
 

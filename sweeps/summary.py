@@ -1,35 +1,51 @@
-"""The sweep's closing lines: the kappa x N table of the final metric and the count of trials by how they ended."""
+"""The sweep's closing lines: the kappa x N (and peer) table of the final metric and the count of trials by how they ended."""
 
 from __future__ import annotations
 
 from collections import Counter
 
+from trainables.rcgm.ranges import OBJECTIVE
 from trainables.status import Status
 
 
-def grid_table(metric: str, rows: list[tuple[int, float, float | None, str]]) -> list[str]:
-    """Lines of a kappa x N table of metric from (order, kappa, value, status) rows, mean over seeds.
+def grid_table(metric: str, rows: list[tuple]) -> list[str]:
+    """Lines of a kappa x row table of metric from (row, kappa, value, status) rows, mean over seeds.
 
+    row: an RCGM order N (an int), or a first-order peer's objective name (a str) listed after them.
     A cell's mean counts finished trials only; '*' marks a cell where some trial did not finish.
     """
     cells: dict[tuple, list] = {}
-    for order, kappa, value, status in rows:
-        cells.setdefault((order, kappa), []).append((value, status))
+    for row, kappa, value, status in rows:
+        cells.setdefault((row, kappa), []).append((value, status))
     if not cells:
         return []
-    orders = sorted({o for o, _ in cells})
+    names = sorted({r for r, _ in cells}, key=_row_order)
     kappas = sorted({k for _, k in cells})
+    width = max(6, *(len(_row_name(r)) + 1 for r in names))
     lines = [f"{metric} (final, mean over seeds; * = some trial diverged/collapsed)",
-             "order " + "".join(f"{f'kappa={k:g}':>16}" for k in kappas)]
-    for o in orders:
-        row = f"N={o:<4}"
+             f"{'row':<{width}}" + "".join(f"{f'kappa={k:g}':>16}" for k in kappas)]
+    for r in names:
+        line = f"{_row_name(r):<{width}}"
         for k in kappas:
-            vals = cells.get((o, k), [])
+            vals = cells.get((r, k), [])
             ok = [v for v, s in vals if v is not None and s == Status.FINISHED]
             flag = "*" if any(s != Status.FINISHED for _, s in vals) else " "
-            row += f"{(f'{sum(ok) / len(ok):.4f}' if ok else '-') + flag:>16}"
-        lines.append(row)
+            line += f"{(f'{sum(ok) / len(ok):.4f}' if ok else '-') + flag:>16}"
+        lines.append(line)
     return lines
+
+
+def _row_order(row) -> tuple:
+    """RCGM's orders first, then the peers as trainables.rcgm.ranges lists them."""
+    if not isinstance(row, str):
+        return (0, row)
+    names = OBJECTIVE.choices
+    return (1, names.index(row) if row in names else len(names))
+
+
+def _row_name(row) -> str:
+    """'N=2' for an RCGM order, the objective's name for a peer."""
+    return row if isinstance(row, str) else f"N={row}"
 
 
 def outcome_line(statuses: list[str], recovered: int) -> str:

@@ -295,10 +295,10 @@ def test_ordering_verdicts(main, everything):
 def test_curves_mean_over_seeds(main, store):
     history = collect_history(store.uri, main.table)
     means = mean_curves(main.table, history, "mmd2_1nfe")
-    steps, values = means[(1, 0.999)]
+    steps, values = means[(("rcgm", 1), 0.999)]
     assert steps == list(F.STEPS)
     assert values == pytest.approx([0.05, 0.01, 0.08, (0.20 + 0.25) / 2])
-    assert means[(2, 0.999)][1][-1] == pytest.approx(0.003)  # the failed seed logged none
+    assert means[(("rcgm", 2), 0.999)][1][-1] == pytest.approx(0.003)  # the failed seed logged none
     fig = curve_figure(main.table, history, "mmd2_1nfe")
     axes = panels(fig)
     assert len(axes) == 2
@@ -350,6 +350,30 @@ def test_optuna_study_from_table(everything, store):
     for fig in (history_figure(study, column), parallel_figure(study, column),
                 importance_figure(result, note)):
         assert len(panels(fig)) == 1
+
+
+def test_optuna_views_show_order_as_integers_and_kappa_as_one_minus_kappa():
+    from optuna.distributions import IntDistribution
+    from dashboards.optuna_views import params_text
+
+    # An order_kappa search's table (sweeps/spaces.py): order and kappa vary, the seed does not count.
+    kappas, orders = [0.5, 0.9, 0.99, 0.999, 0.9999, 0.95], [1, 2, 6, 4, 5, 3]
+    table = pa.table({"run_id": [f"run{i}" for i in range(6)], "status": ["finished"] * 6,
+                      "params.order": pa.array(orders, pa.int64()), "params.kappa": kappas, "params.seed": [0, 1] * 3,
+                      "final.mmd2_1nfe": [0.05, 0.02, 0.01, 0.004, 0.03, 0.02]})
+    study = build_study(table, "final.mmd2_1nfe")
+    dists = study.trials[0].distributions
+    assert set(dists) == {"order", "1 - kappa"}
+    assert dists["order"] == IntDistribution(1, 6)
+    gap = dists["1 - kappa"]
+    assert gap.log and gap.low == pytest.approx(1e-4) and gap.high == pytest.approx(0.5)
+    assert [t.params["1 - kappa"] for t in study.trials] == pytest.approx([1 - k for k in kappas])
+    assert params_text(study.best_trial.params) == "order=4, 1 - kappa=0.001 (kappa 0.999)"
+    ax, = panels(parallel_figure(study, "final.mmd2_1nfe"))
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["1 - kappa\n(log scale)", "order\n(integer)", "final.mmd2_1nfe"]
+    marks = {t.get_text() for t in ax.texts}
+    assert {"1", "2", "3", "4", "5", "6"} <= marks  # every order labelled on its axis
+    assert {"0.0001", "0.001", "0.01", "0.1", "0.5"} <= marks  # the decades of 1 - kappa
 
 
 # ---------------------------------------------------------------- report and CLI

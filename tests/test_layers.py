@@ -118,7 +118,7 @@ def layer(name: str) -> str:
 
 
 # Layer -> the layers it may import from. The dashboards read the setting declarations too
-# (trainables.config, torch-free), for their column types.
+# (trainables.config and the method's ranges, both torch-free), for their column types and row order.
 ALLOWED = {
     "method": {"method"},
     "parts": {"method", "parts", "leaf"},
@@ -128,7 +128,7 @@ ALLOWED = {
     "sweeps": {"method", "parts", "leaf", "trainable", "dashboards", "sweeps"},
     "bench": {"method", "parts", "leaf", "trainable", "dashboards", "sweeps", "bench"},
 }
-DASHBOARDS_READ = {"trainables.config"}
+DASHBOARDS_READ = {"trainables.config", "trainables.rcgm.ranges"}
 # Layer -> third-party packages it must not import.
 BANNED = {"method": {"ray", "mlflow", "optuna"}, "parts": {"ray", "mlflow", "optuna"}, "leaf": {"torch", "ray", "mlflow"},
           "dashboards": {"ray", "torch"}}

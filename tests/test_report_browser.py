@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import tempfile
 import warnings
 from pathlib import Path
@@ -18,6 +17,7 @@ import numpy as np  # noqa: E402
 from matplotlib.image import imread  # noqa: E402
 
 import dashboards_fixtures as F  # noqa: E402
+from browser import run_headless  # noqa: E402
 from dashboards.errors import MissingMetricsWarning  # noqa: E402
 from dashboards.report import build_report  # noqa: E402
 
@@ -30,32 +30,19 @@ WIDTH, HEIGHT = 1400, 2400
 HEATMAP_ROWS, HEATMAP_COLS = slice(450, 1000), slice(40, 1000)
 
 
-def _chromium() -> str:
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if not found:
-        pytest.fail("chromium is not installed: run `make test`, which installs the Debian "
-                    "packages (apt-get install -y chromium chromium-driver)")
-    return found
-
-
 def _saturation(rgb: np.ndarray) -> np.ndarray:
     return rgb.max(axis=-1) - rgb.min(axis=-1)
 
 
 def test_chromium_renders_report(tmp_path_factory, tmp_path):
-    chromium = _chromium()
     store = F.cached_store(tmp_path_factory)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", MissingMetricsWarning)
         page = build_report(store.uri, F.EXPERIMENT, sweep=F.MAIN, out_dir=tmp_path / "report",
                             log_to_parent=False)
     shot = tmp_path / "shot.png"
-    run = subprocess.run(
-        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-         "--no-first-run", "--disable-background-networking", "--disable-component-update",
-         "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}",
-         f"--window-size={WIDTH},{HEIGHT}", page.resolve().as_uri()],
-        capture_output=True, text=True, timeout=90)
+    run = run_headless(tmp_path / "profile", f"--screenshot={shot}", f"--window-size={WIDTH},{HEIGHT}",
+                       page.resolve().as_uri())
     assert run.returncode == 0 and shot.exists(), run.stderr[-2000:]
     KEEP.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy(shot, KEEP)

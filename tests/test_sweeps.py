@@ -261,3 +261,92 @@ def test_dry_run_picks_the_size_for_the_task(flags, name, trials, model):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     plan = json.loads(proc.stdout)
     assert (plan["name"], plan["trials"], plan["base"]["model"]) == (name, trials, model)
+
+
+# ---------------------------------------------------------------- search spaces: integer and transformed params
+
+
+def _search_plan(tmp_path, *flags):
+    """schedule_search's plan for flags, every store under tmp_path (nothing starts)."""
+    from sweeps.schedule_search import parse_args, plan_from_args
+
+    return plan_from_args(parse_args(["--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--storage-path", str(tmp_path / "ray"),
+                                      "--optuna-storage", f"sqlite:///{tmp_path / 'optuna.db'}", *flags]))
+
+
+def test_order_kappa_space_at_the_default_grid_budget(tmp_path):
+    from sweeps.launcher import validate
+    from sweeps.spaces import GRIDS
+
+    plan = validate(_search_plan(tmp_path, "--space", "order_kappa"))
+    assert plan.name == "moons-order_kappa"
+    for name, value in GRIDS["default"].trial.items():
+        assert getattr(plan.base, name) == value, name  # the best point compares with the grid's cells
+    assert plan.base.time_schedule == "beta"
+    # Searched settings vary per trial: neither fixed in the trial values nor recorded as the sweep's settings.
+    assert not {"order", "kappa", "time_params"} & set(plan.values)
+    assert not {"order", "kappa"} & set(plan.settings)
+    # Both ends of each searched range make a valid trial; one_minus_kappa sets kappa.
+    assert plan.cell_config({"order": 1}).order == 1 and plan.cell_config({"order": 6}).order == 6
+    assert plan.cell_config({"one_minus_kappa": 1e-4}).kappa == pytest.approx(0.9999)
+    assert plan.cell_config({"one_minus_kappa": 0.5}).kappa == 0.5
+    # The other spaces keep their fixed order and kappa, and their names.
+    other = _search_plan(tmp_path, "--space", "beta_schedule")
+    assert (other.name, other.base.order, other.base.kappa) == ("moons-beta_schedule-N2-k0.999", 2, 0.999)
+    assert _search_plan(tmp_path, "--order", "3", "--kappa", "0.99").name == "moons-beta_schedule-N3-k0.99"
+
+
+def test_integer_params_sample_both_ends():
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+    from optuna.distributions import FloatDistribution, IntDistribution
+
+    from sweeps.optuna_search import optuna_param_space
+    from sweeps.spaces import SEARCHES
+
+    space = optuna_param_space(SEARCHES["order_kappa"].params)
+    # What Optuna is asked for: order 1..6 both included (Tune's randint excludes its upper end).
+    dists = OptunaSearch.convert_search_space(space)
+    assert dists["order"] == IntDistribution(1, 6)
+    assert dists["one_minus_kappa"] == FloatDistribution(1e-4, 0.5, log=True)
+    assert dists["time_params.a"] == FloatDistribution(0.3, 3.0, log=True)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    orders = {study.ask(dists).params["order"] for _ in range(200)}
+    assert orders == {1, 2, 3, 4, 5, 6}
+    assert {int(v) for v in space["order"].sample(size=200)} == {1, 2, 3, 4, 5, 6}  # Tune's own sampler too
+    # The existing spaces keep their float distributions (their stored studies resume).
+    beta = OptunaSearch.convert_search_space(optuna_param_space(SEARCHES["beta_schedule"].params))
+    assert beta == {"time_params.a": FloatDistribution(0.3, 3.0, log=True), "time_params.b": FloatDistribution(0.3, 3.0, log=True),
+                    "lr": FloatDistribution(2e-4, 5e-3, log=True)}
+
+
+def test_no_space_fixes_what_it_searches():
+    from sweeps.spaces import SEARCHES
+    from trainables.tune_trial import setting_of
+
+    for name, space in SEARCHES.items():
+        searched = {setting_of(p).split(".")[0] for p in space.params}
+        assert not searched & set(space.trial), name  # the launcher would blame a flag the user never gave
+
+
+@pytest.mark.parametrize("space,flags,flag", [
+    ("order_kappa", ["--order", "3"], "--order"),
+    ("order_kappa", ["--kappa", "0.9"], "--kappa"),
+    ("order_kappa", ["--time-params", "a=1"], "--time-params"),
+    ("beta_schedule", ["--lr", "0.01"], "--lr"),
+])
+def test_searched_setting_given_by_a_flag_is_refused(space, flags, flag, tmp_path):
+    from sweeps.launcher import validate
+    from trainables.rcgm.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        validate(_search_plan(tmp_path, "--space", space, *flags))
+    assert err.value.flag == flag and "the search samples it" in str(err.value)
+
+
+def test_search_cli_refuses_a_searched_flag_in_one_line():
+    proc = run_cli(["sweeps/schedule_search.py", "--space", "order_kappa", "--kappa", "0.9", "--dry-run"], timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "error: kappa=0.9 is invalid: expected no value: the search samples it (one_minus_kappa in 0.0001..0.5 sets kappa) "
+        "(change --kappa)"]

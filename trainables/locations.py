@@ -137,3 +137,8 @@ def mlflow_ui_command(uri: str, experiment_id: str | None = None) -> str:
     if uri.startswith("sqlite"):
         return f"mlflow ui --backend-store-uri {uri}" + (f", then http://127.0.0.1:5000{page}" if page else "")
     return uri.rstrip("/") + page
+
+
+def optuna_dashboard_command(storage: str) -> str:
+    """The command that opens an Optuna study database in optuna-dashboard, and where it serves it."""
+    return f"optuna-dashboard {storage}, then http://127.0.0.1:8080/dashboard"

@@ -76,12 +76,26 @@ class SearchTemplate:
         return dataclasses.replace(self.spec, key=key, config=config, tracking=tracking)
 
 
+# Searched names that set a trial setting through a transform (sweeps/spaces.py SEARCHES). kappa's
+# useful values crowd towards 1 (0.9, 0.99, 0.999), so a search samples 1 - kappa on a log scale.
+TRANSFORMED = {"one_minus_kappa": ("kappa", lambda gap: 1.0 - gap)}
+
+
+def setting_of(name: str) -> str:
+    """The trial setting a cell's or a sampled point's name sets: 'one_minus_kappa' -> 'kappa', else the name."""
+    return TRANSFORMED[name][0] if name in TRANSFORMED else name
+
+
 def apply_cell(values: dict, cell: dict) -> dict:
-    """Trial values with a cell's settings on top; 'time_params.a' sets one schedule parameter."""
+    """Trial values with a cell's settings on top; 'time_params.a' sets one schedule parameter,
+    'one_minus_kappa' sets kappa = 1 - value."""
     out = dict(values)
     for name, value in cell.items():
         if name.startswith("time_params."):
             out["time_params"] = {**out.get("time_params", {}), name.split(".", 1)[1]: value}
+        elif name in TRANSFORMED:
+            setting, transform = TRANSFORMED[name]
+            out[setting] = transform(value)
         else:
             out[name] = value
     return out
