@@ -518,3 +518,20 @@ def test_same_table_through_mlflow_server(mlflow_server, main, everything):
     assert remote_all.table.equals(everything.table)
     assert collect_history(mlflow_server["uri"], remote.table).equals(
         collect_history(main.tracking_uri, main.table))
+
+
+def test_markdown_tables_trace_to_runs_and_name_unhealthy_cells(store, main, capsys):
+    from dashboards.markdown import main as markdown_main, sweep_markdown
+
+    text = sweep_markdown(store.uri, F.EXPERIMENT, [F.MAIN])
+    head, *_ = text.splitlines()
+    assert all(p.run_id in head for p in main.parents) and "12 trials" in head
+    table = text[text.index("| final mmd2_1nfe"):].splitlines()
+    assert table[0] == "| final mmd2_1nfe | \u03ba=0 | \u03ba=0.99 | \u03ba=0.999 |"
+    n1 = table[2].split(" | ")
+    assert n1[0] == "| N=1" and n1[3] == "collapsed (2/2) |"
+    assert n1[2] == "0.01 (n=1; 1 diverged)"  # the diverged seed's 5.0 is named, never averaged
+    assert "| N=2 | 0.008 ± 0.0014 (n=2) |" in text
+    assert "| row | GFLOP / step |" in text
+    assert markdown_main(["--sweep", "nope", "--tracking-uri", store.uri]) == 2
+    assert capsys.readouterr().err.startswith("error: ")
