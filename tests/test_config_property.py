@@ -27,8 +27,8 @@ EDGES = {
     # name: (accepted values, refused values)
     "task": (["moons", "8gaussians", "checkerboard", "swissroll", "mnist", "digits", "digits"], ["imagenet", ""]),
     "model": (["auto"], ["resnet"]),  # plus the models that fit the task (KIND_EDGES), and those that do not as bad
-    "objective": (["rcgm", "meanflow"], ["sCM"]),
-    "order": ([0, 1, 2, 3, 5], [-1, 2.5, True]),
+    "objective": (["rcgm", "meanflow", "shortcut", "consistency"], ["sCM"]),
+    "order": ([None, 0, 1, 2, 3, 5], [-1, 2.5, True]),
     "kappa": ([0.0, 0.5, 0.999, 1.0], [-0.1, 1.1, NAN]),
     "delta_t": ([0.01, 0.5, 0.999], [0.0, 1.0]),
     "clip": ([1.0, 1e6, INF], [0.0, -1.0]),
@@ -104,6 +104,9 @@ def one_thread():
 @example({"task": "moons", "guidance": 0.5, "batch_size": 2})
 @example({"task": "mnist", "model": "DiT-XS/4", "guidance": 1000.0, "clip": INF, "batch_size": 2, "nfe": (1, 2)})
 @example({"task": "digits", "batch_size": 2, "objective": "meanflow"})
+@example({"task": "mnist", "model": "DiT-XS/4", "objective": "shortcut", "guidance": 0.5, "batch_size": 2})
+@example({"task": "moons", "objective": "consistency", "kappa": 0.999, "batch_size": 2, "nfe": (1, 2)})
+@example({"task": "moons", "objective": "meanflow", "order": 2, "batch_size": 2})
 def test_what_passes_the_checks_before_ray_builds_and_runs_in_a_worker(values):
     try:
         cfg = TrialConfig.from_dict(values)
