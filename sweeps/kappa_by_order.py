@@ -97,11 +97,12 @@ def plan_from_args(args: argparse.Namespace) -> SweepPlan:
     # Two 1-CPU trials plus their tiny Tune drivers must fit on two cores.
     values = {"cpus_per_worker": 0.99, **size.trial, **trial_values_from_args(args, skip=GRID_FIELDS)}
     objectives = parse_objectives(args.objectives, size.objectives)
-    if args.orders and "rcgm" not in objectives:
+    if args.orders is not None and "rcgm" not in objectives:
         raise ConfigError("orders", args.orders, "unset when --objectives has no rcgm (the peers are first order)",
                           flag="--orders")
-    orders = parse_list(args.orders, int, "orders") if args.orders else size.orders
-    kappas = parse_list(args.kappas, float, "kappas") if args.kappas else size.kappas
+    # `is not None`: an explicit empty list (--kappas "") is refused below, not replaced by the size's.
+    orders = parse_list(args.orders, int, "orders") if args.orders is not None else size.orders
+    kappas = parse_list(args.kappas, float, "kappas") if args.kappas is not None else size.kappas
     seeds = parse_seeds(args.seeds, size.seeds)
     for flag, given in (("orders", orders), ("kappas", kappas), ("seeds", seeds)):
         if not given:

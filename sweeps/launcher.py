@@ -96,6 +96,9 @@ def validate(plan: SweepPlan) -> SweepPlan:
 
     if plan.runner not in RUNNER_CHOICES:
         raise ConfigError("trial_runner", plan.runner, "one of " + ", ".join(RUNNER_CHOICES), flag="--trial-runner")
+    if plan.max_concurrent is not None and plan.max_concurrent < 1:
+        raise ConfigError("max_concurrent", plan.max_concurrent, "an integer >= 1, or unset (what the cluster fits)",
+                          flag="--max-concurrent")
     if plan.runner == "inline" and plan.base.workers > 1:
         raise ConfigError("trial_runner", plan.runner, "'train' or 'auto' with --workers > 1 (DDP needs a TorchTrainer)",
                           flag="--trial-runner")
@@ -107,6 +110,9 @@ def validate(plan: SweepPlan) -> SweepPlan:
                 raise err.with_flag(GRID_FLAGS[err.field], field=err.field + "s") from None
             raise
     if plan.search == "optuna":
+        if "order" in plan.space and plan.base.objective != "rcgm":
+            raise ConfigError("objective", plan.base.objective, "rcgm with a space that searches the order (the peers "
+                              "are first order only)", flag="--objective")
         for name, param in plan.space.items():
             check_not_fixed(plan.values, name, param)
             for end in (param.low, param.high):  # e.g. order 1 and 6, kappa 1 - 1e-4 and 0.5
@@ -114,6 +120,9 @@ def validate(plan: SweepPlan) -> SweepPlan:
     check_trial_inputs(plan.base)
     check_not_temporary(plan.tracking_uri, plan.storage_path, plan.optuna_storage)  # before the check creates a store there
     check_storage_path(plan.storage_path)
+    if plan.optuna_storage and plan.optuna_storage.startswith("sqlite:///"):
+        # Optuna opens its file only once Ray runs: an unwritable folder would fail a minute in.
+        check_storage_path(str(Path(plan.optuna_storage.removeprefix("sqlite:///")).parent), flag="--optuna-storage")
     plan.tracking_uri = check_tracking_uri(plan.tracking_uri)
     return plan
 

@@ -54,6 +54,19 @@ def client_env() -> dict[str, str]:
     return env
 
 
+def address_problem(address: str, timeout: float = 10.0) -> str | None:
+    """Why `ray job submit` could not reach address (Ray's own client answers with a traceback); None if it answers."""
+    from trainables.ray_setup import _host_port, answers
+
+    where = _host_port(address if "://" in address else "http://" + address)
+    if where is None:
+        return f"--address {address} has no port: pass the head's dashboard address, e.g. http://HEAD:8265"
+    if not answers(*where, timeout=timeout):
+        return (f"no Ray dashboard answers at {address} within {timeout:.0f} s: start the cluster "
+                f"(`python -m sweeps.local_cluster up` here), or fix --address / RAY_ADDRESS")
+    return None
+
+
 def main(argv=None) -> int:
     """Parse, then hand over to `ray job submit`."""
     parser = argparse.ArgumentParser(prog="python -m sweeps.submit", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -64,6 +77,10 @@ def main(argv=None) -> int:
     script = args.script[1:] if args.script[:1] == ["--"] else args.script
     if not script:
         parser.error("name the script after --, e.g. -- sweeps/kappa_by_order.py --smoke")
+    problem = address_problem(args.address)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     return subprocess.call(submit_command(args.address, script, args.no_wait), cwd=REPO_ROOT, env=client_env())
 
 

@@ -109,10 +109,11 @@ class StorageUnavailable(RuntimeError):
     """The checkpoint storage path cannot be written; the message says what to change."""
 
 
-def check_storage_path(storage_path: str) -> None:
+def check_storage_path(storage_path: str, flag: str = "--storage-path or RCGM_STORAGE_PATH") -> None:
     """Refuse a local storage path that cannot be created or written (s3:// and other URIs are the cloud's to check).
 
     Looks at the nearest folder that exists, without creating anything: a dry run stays free of side effects.
+    flag: what the message tells the user to change.
     """
     if "://" in storage_path and not storage_path.startswith("file://"):
         return
@@ -121,10 +122,10 @@ def check_storage_path(storage_path: str) -> None:
     if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         what = "is not a folder" if existing is not None and not existing.is_dir() else "cannot be written"
         raise StorageUnavailable(f"storage path {storage_path} {what} (nearest existing: {existing}): change "
-                                 f"--storage-path or RCGM_STORAGE_PATH to a folder you can write, shared by every node")
+                                 f"{flag} to a folder you can write, shared by every node")
     if existing.resolve().is_relative_to(Path("/proc")) or existing.resolve().is_relative_to(Path("/sys")):
         raise StorageUnavailable(f"storage path {storage_path} is inside {existing}, a kernel file system: change "
-                                 f"--storage-path or RCGM_STORAGE_PATH")
+                                 f"{flag}")
 
 
 def mlflow_ui_command(uri: str, experiment_id: str | None = None) -> str:

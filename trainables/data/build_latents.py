@@ -88,6 +88,10 @@ def load_images(source: str, size: int | None) -> tuple[torch.Tensor, torch.Tens
 def build(images: str, encoder: str, out: str, shard_size: int, dtype: str = "float16", batch: int = 256,
           seed: int = 0, size: int | None = None, overwrite: bool = False, log=print) -> dict:
     """Encode images into shards under out; return the dataset metadata."""
+    if batch < 1:
+        raise ConfigError("batch", batch, "images per encoder call, an integer >= 1")
+    if size is not None and size < 1:
+        raise ConfigError("size", size, "a side in pixels >= 1 (or unset: keep the images' size)")
     # A heavy encoder is checked before the images load: a missing one fails in a second, not a minute.
     heavy = None if encoder in ("identity", "tiny") else build_encoder(encoder, 3)
     x, y, num_classes, source = load_images(images, size)
