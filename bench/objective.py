@@ -64,12 +64,17 @@ class Objective:
 
 
 def objectives(max_order: int) -> list[Objective]:
-    """Flow matching, RCGM N=1..max_order and the JVP MeanFlow baseline."""
+    """Flow matching, RCGM N=1..max_order and the first-order peers (MeanFlow, shortcut, consistency)."""
     # Forward = 1 unit, backward = 2: FM is 3 units; RCGM adds N no-grad target forwards.
     out = [Objective("flow matching", "rcgm", 0, 1.0)]
     out += [Objective(f"RCGM N={n}", "rcgm", n, (3 + n) / 3) for n in range(1, max_order + 1)]
-    # The JVP's tangent pass costs about one more forward (same matmuls on the tangents).
-    out.append(Objective("MeanFlow (JVP)", "meanflow", None, 4 / 3))
+    # At the EMA target (KAPPA > 0): the online forward + backward (3) plus the target's JVP, which
+    # the FLOP counter puts at about three forwards (primal, tangent and the products between them).
+    out.append(Objective("MeanFlow (JVP)", "meanflow", None, 6 / 3))
+    # Flow matching and the jump, each with its backward (6), plus two target half-jumps.
+    out.append(Objective("shortcut", "shortcut", None, 8 / 3))
+    # One online forward + backward and one target forward at the adjacent time: RCGM N=1's work.
+    out.append(Objective("consistency (ECT)", "consistency", None, 4 / 3))
     return out
 
 
@@ -517,7 +522,8 @@ def main(argv=None) -> int:
     print(table(rows, args.device))
     print(f"\nx FM: median over rounds of the per-round ratio to flow matching in the same variant; fastest rounds: the ratio of each "
           f"configuration's fastest round to flow matching's (load only adds time). x exp.: x FM / FLOP exp. FLOP exp.: (3+N)/3 "
-          f"(one forward+backward = 3 forwards, plus N no-grad target forwards; MeanFlow 4/3: the JVP tangent ~ one forward). "
+          f"(one forward+backward = 3 forwards, plus N no-grad target forwards; MeanFlow 6/3: the target's JVP ~ three forwards (counted); "
+          f"shortcut 8/3: two online forwards with backward and two target half-jumps; consistency 4/3). "
           f"GFLOP/step: trainables.cost.count_flops over one loss + backward (matmuls, convolutions, attention; target forwards "
           f"included; attention as the step runs it on CUDA, through SDPA's math kernel on a CPU); TFLOP/s = GFLOP/step / median step; MFU against trainables.cost.peak_tflops (n/a on a CPU or an "
           f"unknown GPU). {compare_note}MeanFlow's JVP runs SDPA's math kernel in every variant (the fused kernels have no "

@@ -113,8 +113,9 @@ def test_objective_compare_pairs_both_variants_per_objective(tmp_path):
             assert r["ratio"] == 1.0 and r["flops_ratio"] == 1.0, r
         if r["variant"] == plain.label:
             assert r["speedup"] == 1.0 and r["speedup_of_min"] == 1.0, r  # the reference against itself
-        if r["order"]:
-            # RCGM N adds N no-grad target forwards to a forward + backward: (3 + N) / 3 of flow matching's FLOPs.
+        if r["order"] or r["objective"] in ("shortcut", "consistency (ECT)"):
+            # RCGM N adds N no-grad target forwards to a forward + backward: (3 + N) / 3 of flow matching's FLOPs;
+            # the shortcut is two of those plus two target forwards (8/3), consistency one (4/3).
             assert r["flops_ratio"] == pytest.approx(r["expected"], rel=0.03), r
     # The counted FLOPs are those trainables.cost.count_flops counts over one loss + backward of a fresh setup.
     objs = {o.label: o for o in bench_objective.objectives(4)}
