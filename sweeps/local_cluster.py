@@ -58,9 +58,25 @@ class ClusterError(RuntimeError):
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """count distinct free TCP ports on 127.0.0.1.
+
+    The sockets stay open until all are bound: one port picked and closed at a time can come back
+    from the kernel twice (it did: a Ray head refused two of its components on one port).
+    """
+    sockets = []
+    try:
+        for _ in range(count):
+            s = socket.socket()
+            sockets.append(s)
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 def venv_bin(name: str) -> str:
@@ -303,11 +319,11 @@ class LocalCluster:
         """Ports a Ray node would otherwise take at fixed defaults: every node here gets its own."""
         names = ("dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
                  "metrics-export-port", "node-manager-port", "object-manager-port")
-        return [f"--{name}={free_port()}" for name in names]
+        return [f"--{name}={port}" for name, port in zip(names, free_ports(len(names)))]
 
     def _start_ray(self, tmp: Path, workers: int, cpus: float, out) -> None:
         """The head (no CPUs: it only coordinates), then each worker node, waiting for each to join."""
-        gcs, dash = free_port(), free_port()
+        gcs, dash = free_ports(2)
         self.state["ports"].update({"gcs": gcs, "dashboard": dash})
         env = self.node_env()
         ray = venv_bin("ray")
