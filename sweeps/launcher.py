@@ -243,15 +243,14 @@ def build_tuner(plan: SweepPlan, parent_run_id: str):
 
 
 def final_rows(results) -> list[tuple]:
-    """(order, or a peer's objective name; kappa; final 1-NFE metric; status) per grid trial of a finished Tuner."""
+    """((objective, order), kappa, final 1-NFE metric, status) per grid trial of a finished Tuner."""
     rows = []
     for r in results:
         entry = (r.config or {}).get("trial")
         if entry is None or not r.metrics:
             continue
         cfg = TrialSpec.from_dict(entry["spec"]).config
-        row = cfg.order if cfg.objective == "rcgm" else cfg.objective
-        rows.append((row, cfg.kappa, r.metrics.get(cfg.metric_names()[0]), r.metrics.get("status")))
+        rows.append(((cfg.objective, cfg.order), cfg.kappa, r.metrics.get(cfg.metric_names()[0]), r.metrics.get("status")))
     return rows
 
 

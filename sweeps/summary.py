@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from collections import Counter
 
-from trainables.rcgm.ranges import OBJECTIVE
+from dashboards.cells import RCGM, row_sort_key
 from trainables.status import Status
 
 
 def grid_table(metric: str, rows: list[tuple]) -> list[str]:
-    """Lines of a kappa x row table of metric from (row, kappa, value, status) rows, mean over seeds.
+    """Lines of a kappa x row table of metric from ((objective, order), kappa, value, status) rows, mean over seeds.
 
-    row: an RCGM order N (an int), or a first-order peer's objective name (a str) listed after them.
+    Rows are ordered and named as in the report (dashboards.cells): RCGM's orders, then the peers.
     A cell's mean counts finished trials only; '*' marks a cell where some trial did not finish.
     """
     cells: dict[tuple, list] = {}
@@ -19,7 +19,7 @@ def grid_table(metric: str, rows: list[tuple]) -> list[str]:
         cells.setdefault((row, kappa), []).append((value, status))
     if not cells:
         return []
-    names = sorted({r for r, _ in cells}, key=_row_order)
+    names = sorted({r for r, _ in cells}, key=row_sort_key)
     kappas = sorted({k for _, k in cells})
     width = max(6, *(len(_row_name(r)) + 1 for r in names))
     lines = [f"{metric} (final, mean over seeds; * = some trial diverged/collapsed)",
@@ -35,17 +35,9 @@ def grid_table(metric: str, rows: list[tuple]) -> list[str]:
     return lines
 
 
-def _row_order(row) -> tuple:
-    """RCGM's orders first, then the peers as trainables.rcgm.ranges lists them."""
-    if not isinstance(row, str):
-        return (0, row)
-    names = OBJECTIVE.choices
-    return (1, names.index(row) if row in names else len(names))
-
-
 def _row_name(row) -> str:
     """'N=2' for an RCGM order, the objective's name for a peer."""
-    return row if isinstance(row, str) else f"N={row}"
+    return f"N={row[1]}" if row[0] == RCGM else row[0]
 
 
 def outcome_line(statuses: list[str], recovered: int) -> str:

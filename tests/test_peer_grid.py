@@ -106,8 +106,8 @@ def test_ordering_says_which_peer_breaks_at_the_high_kappa():
 
 
 def test_closing_table_lists_peers_after_the_orders():
-    lines = grid_table("mmd2_1nfe", [(2, 0.9, 0.01, "finished"), ("meanflow", 0.9, 0.02, "finished"),
-                                     (1, 0.9, 0.03, "finished")])
+    lines = grid_table("mmd2_1nfe", [(("rcgm", 2), 0.9, 0.01, "finished"), (("meanflow", 1), 0.9, 0.02, "finished"),
+                                     (("rcgm", 1), 0.9, 0.03, "finished")])
     assert [line.split()[0] for line in lines[2:]] == ["N=1", "N=2", "meanflow"]
 
 

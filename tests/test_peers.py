@@ -7,15 +7,12 @@ import pytest
 import torch
 
 from oracle import GaussianOracle, OracleModel
-from test_training_points import evaluate as one_step_mmd
-from trainables.data import load_task
-from trainables.models import build_model
+from test_training_points import evaluate as one_step_mmd, train_objective
 from trainables.models.mlp import VelocityMLP
 from trainables.rcgm.consistency import ConsistencyObjective
 from trainables.rcgm.meanflow import MeanFlowObjective
 from trainables.rcgm.objective import RCGMObjective
 from trainables.rcgm.registry import READS, build_objective
-from trainables.rcgm.schedules import build_time_schedule
 from trainables.rcgm.shortcut import ShortcutObjective
 from trainables.rcgm.target import TargetModel
 from trainables.rcgm.tensors import expand
@@ -271,25 +268,8 @@ STEPS = {"meanflow": 400, "shortcut": 600, "consistency": 1500}
 
 
 def train_moons(name, steps, kappa=0.9, seed=0):
-    """Like tests/test_training_points.py: the mlp on moons, Adam 1e-3, batch 256, uniform (t, r)."""
-    torch.manual_seed(seed)
-    task = load_task("moons", seed=0)
-    model = build_model("mlp", task.shape)
-    target = TargetModel(model, kappa)
-    objective = peer(name)
-    schedule = build_time_schedule("uniform", {}, 0.25 if name == "meanflow" else 0.0)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    g = torch.Generator().manual_seed(seed)
-    for _ in range(steps):
-        x, _ = task.sample(256, g)
-        z = torch.randn(x.shape, generator=g)
-        t, r = schedule.sample(x.shape[0], g)
-        loss, _ = objective.loss(model, target, x, z, t, r, generator=g)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        target.update(model)
-    return model, task
+    """The loop of tests/test_training_points.py with a peer objective (MeanFlow gets r = t samples)."""
+    return train_objective(peer(name), kappa, steps, seed, flow_fraction=0.25 if name == "meanflow" else 0.0)
 
 
 @pytest.fixture

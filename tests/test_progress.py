@@ -109,7 +109,8 @@ def test_terminal_view_redraws_in_place(monkeypatch, clock, capsys):
 
 def test_durations_and_closing_lines():
     assert (format_duration(12.3), format_duration(4000), format_duration(float("nan"))) == ("0:12", "1:06:40", "?")
-    lines = grid_table("mmd2_1nfe", [(1, 0.9, 0.02, "finished"), (1, 0.9, 0.04, "finished"), (2, 0.9, 0.5, "collapsed")])
+    lines = grid_table("mmd2_1nfe", [(("rcgm", 1), 0.9, 0.02, "finished"), (("rcgm", 1), 0.9, 0.04, "finished"),
+                                     (("rcgm", 2), 0.9, 0.5, "collapsed")])
     assert lines[2].split() == ["N=1", "0.0300"] and lines[3].split() == ["N=2", "-*"]
     assert outcome_line(["finished"] * 33 + ["collapsed"], 1) == (
         "34 trials: 33 finished, 1 collapsed; 1 of them resumed from a checkpoint (after an error or a restart)")

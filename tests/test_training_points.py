@@ -17,13 +17,17 @@ STEPS = 2000
 
 
 def train(order, kappa, steps=STEPS, seed=0):
-    """A minimal copy of the training loop (the shared Trainer lives one layer up)."""
+    """RCGM of the given order on moons."""
+    return train_objective(build_objective("rcgm", order=order, delta_t=0.01, clip=1.0), kappa, steps, seed)
+
+
+def train_objective(objective, kappa, steps, seed=0, flow_fraction=0.0):
+    """A minimal copy of the training loop (the shared Trainer lives one layer up): mlp, moons, Adam 1e-3, batch 256."""
     torch.manual_seed(seed)
     task = load_task("moons", seed=0)
     model = build_model("mlp", task.shape)
     target = TargetModel(model, kappa)
-    objective = build_objective("rcgm", order=order, delta_t=0.01, clip=1.0)
-    schedule = build_time_schedule("uniform", {}, 0.0)
+    schedule = build_time_schedule("uniform", {}, flow_fraction)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     g = torch.Generator().manual_seed(seed)
     for _ in range(steps):
