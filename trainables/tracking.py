@@ -23,6 +23,8 @@ TRIAL_KEY_TAG = "rcgm.trial_key"
 # The view MLflow 3's UI gives the experiment when its workflow switch is off; with the switch on
 # (3.17's default) the page address picks it: locations.mlflow_ui_command adds ?workflowType=machine_learning.
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+# The MLflow client's own retries in a trial process (unless the user set MLFLOW_HTTP_REQUEST_MAX_RETRIES).
+CLIENT_RETRIES = 2
 PACKAGES = ("torch", "ray", "mlflow", "timm", "optuna", "rcgm-sweeps")
 
 
@@ -224,32 +226,48 @@ def mark_trial_failed(tracking: TrialTracking, reason: str) -> None:
 
 
 class TrialTracker:
-    """One trial's child run: found again by trial key so retries and resumes never duplicate it."""
+    """One trial's child run: found again by trial key so retries and resumes never duplicate it.
+
+    Every write goes through a WriteQueue: an MLflow outage delays writes (in order), it does not
+    stop training or drop a point (trainables/tracking_queue.py says exactly what is guaranteed).
+    """
 
     def __init__(self, tracking: TrialTracking):
+        from trainables.tracking_queue import WriteQueue
+
+        # MLflow retries a failed request for ~4 minutes by default, blocking the training loop all
+        # that time; the queue keeps the writes instead, so the client's own retries can be short.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(CLIENT_RETRIES))
         self.tracking = tracking
         self.client = _client(tracking.uri)
+        self.queue = WriteQueue(f"MLflow at {tracking.uri}")
         self.run_id: str | None = None
 
     def start(self, params: dict[str, str], tags: dict[str, str] | None = None) -> str:
-        """Create the child run, or reopen the one a previous attempt of this trial made."""
+        """Create the child run, or reopen the one a previous attempt of this trial made (waiting out an outage)."""
         from mlflow.entities import Param, RunTag
 
         t = self.tracking
-        exp_id = ensure_experiment(t.uri, t.experiment)
-        self.run_id = find_run(t.uri, exp_id, {TRIAL_KEY_TAG: t.trial_key})
         all_tags = {TRIAL_KEY_TAG: t.trial_key, "rcgm.kind": "trial", "status": str(Status.RUNNING), **git_info(),
                     **package_versions(), **t.tags, **(tags or {})}
         if t.parent_run_id:
             all_tags["mlflow.parentRunId"] = t.parent_run_id
         if t.sweep:
             all_tags["rcgm.sweep"] = t.sweep
-        if self.run_id is None:
-            self.run_id = self.client.create_run(exp_id, run_name=t.run_name, tags=all_tags).info.run_id
-            self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in params.items()])
-        else:
-            self.client.update_run(self.run_id, status="RUNNING")
-            self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in all_tags.items()])
+
+        def find_or_create() -> str:
+            exp_id = ensure_experiment(t.uri, t.experiment)
+            found = find_run(t.uri, exp_id, {TRIAL_KEY_TAG: t.trial_key})
+            if found is None:
+                found = self.client.create_run(exp_id, run_name=t.run_name, tags=all_tags).info.run_id
+                self.client.log_batch(found, params=[Param(k, v) for k, v in params.items()])
+            else:
+                self.client.update_run(found, status="RUNNING")
+                self.client.log_batch(found, tags=[RunTag(k, v) for k, v in all_tags.items()])
+            return found
+
+        # Searching again on a retry finds a run whose creation reached the server before its answer was lost.
+        self.run_id = self.queue.call(f"opening run {t.run_name!r}", find_or_create)
         return self.run_id
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
@@ -259,20 +277,25 @@ class TrialTracker:
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if v == v and abs(v) != float("inf")]
         if batch:
-            self.client.log_batch(self.run_id, metrics=batch)
+            run_id = self.run_id
+            self.queue.put(f"metrics at step {step}", lambda: self.client.log_batch(run_id, metrics=batch))
 
     def set_tags(self, tags: dict[str, str]) -> None:
         """Set several tags at once."""
         from mlflow.entities import RunTag
 
-        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        run_id, batch = self.run_id, [RunTag(k, str(v)) for k, v in tags.items()]
+        self.queue.put(f"tags {sorted(tags)}", lambda: self.client.log_batch(run_id, tags=batch))
 
     def log_artifact(self, path, artifact_path: str | None = None) -> None:
-        """Upload one file to the run's artifact store."""
-        self.client.log_artifact(self.run_id, str(path), artifact_path)
+        """Upload one file to the run's artifact store (the file must stay until the queue is drained)."""
+        run_id = self.run_id
+        self.queue.put(f"artifact {Path(path).name}", lambda: self.client.log_artifact(run_id, str(path), artifact_path))
 
     def finish(self, status: Status, reason: str = "") -> None:
-        """Record the trial's status as data and close the run with the matching MLflow status."""
+        """Record the trial's status as data and close the run with the matching MLflow status, after every queued write."""
         status = Status(status)
         self.set_tags({"status": str(status), "status_reason": reason or str(status)})
-        self.client.set_terminated(self.run_id, status=status.mlflow_run_status)
+        run_id = self.run_id
+        self.queue.put("closing the run", lambda: self.client.set_terminated(run_id, status=status.mlflow_run_status))
+        self.queue.drain(f"trial {self.tracking.run_name!r}")
