@@ -4,6 +4,8 @@
   source runs/cluster/env.sh
   ray job submit --working-dir . -- python sweeps/kappa_by_order.py --smoke
   python -m sweeps.local_cluster status
+  python -m sweeps.local_cluster stop mlflow|postgres|ray-worker-N [--kill]   (a fault drill)
+  python -m sweeps.local_cluster start mlflow|postgres|ray-worker-N           (on the same port and data)
   python -m sweeps.local_cluster down [--purge]
 
 `up` starts PostgreSQL (Debian's packages, its own data directory, 127.0.0.1 only), an `mlflow
@@ -47,6 +49,8 @@ ENV_FILE = "env.sh"
 PG_USER, PG_DATABASE = "rcgm", "mlflow"
 # PostgreSQL refuses to run as root; Debian's package makes this system user.
 PG_SYSTEM_USER = "postgres"
+# PostgreSQL's SIGTERM waits for every client to leave (the MLflow server's pool never does); SIGINT is its fast shutdown.
+STOP_SIGNAL = {"postgres": signal.SIGINT}
 JOB_STOP_WAIT_S = 60
 
 
@@ -129,9 +133,9 @@ def signal_sessions(sids: list[int], sig: int) -> None:
                 pass
 
 
-def end_sessions(sids: list[int], grace: float = 20.0) -> list[int]:
-    """SIGTERM every process of these sessions, SIGKILL what is left after grace; return what survived."""
-    signal_sessions(sids, signal.SIGTERM)
+def end_sessions(sids: list[int], grace: float = 20.0, first: int = signal.SIGTERM) -> list[int]:
+    """Signal every process of these sessions (first: SIGTERM), SIGKILL what is left after grace; return what survived."""
+    signal_sessions(sids, first)
     deadline = time.time() + grace
     while time.time() < deadline and any(session_members(s) for s in sids):
         time.sleep(0.5)
@@ -268,8 +272,9 @@ class LocalCluster:
             # The data dir keeps its password from the first up: reuse it.
             self.state["pg_password"] = (self.dir / "postgres" / ".rcgm-password").read_text().strip() \
                 if (self.dir / "postgres" / ".rcgm-password").exists() else self.state["pg_password"]
-        port = free_port()
-        self.state["ports"] = {"postgres": port}
+        # A restart keeps the port: the MLflow server's store URI names it.
+        port = self.state.setdefault("ports", {}).get("postgres") or free_port()
+        self.state["ports"]["postgres"] = port
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"}
         pid = self.launch("postgres", [postgres_bin("postgres"), "-D", str(data), "-h", "127.0.0.1", "-p", str(port),
                                  "-k", str(sock)], env, user=user)
@@ -292,7 +297,8 @@ class LocalCluster:
 
     def _start_mlflow(self, out) -> None:
         """mlflow server on the PostgreSQL store, artifacts proxied into the cluster folder."""
-        port = free_port()
+        # A restart keeps the port: every node's MLFLOW_TRACKING_URI names it.
+        port = self.state["ports"].get("mlflow") or free_port()
         self.state["ports"]["mlflow"] = port
         # The password reaches psycopg2 through libpq's PGPASSWORD: never on a command line or in a URI.
         env = {**os.environ, "PGPASSWORD": self.state["pg_password"], "MLFLOW_DISABLE_TELEMETRY": "true",
@@ -333,12 +339,49 @@ class LocalCluster:
         wait_for("the Ray head", lambda: len(self.ray_nodes()) >= 1, 120, self.log("ray-head"), pid)
         out(f"  ray-head: 127.0.0.1:{gcs}, dashboard and job API {self.dashboard_url} (0 CPUs)", flush=True)
         for i in range(1, workers + 1):
-            name = f"ray-worker-{i}"
-            pid = self.launch(name, [ray, "start", f"--address=127.0.0.1:{gcs}", "--block", f"--temp-dir={tmp / name}",
-                               f"--num-cpus={cpus:g}", *self._ray_ports()], env)
             # One at a time: nodes joining together on one machine time out under load.
-            wait_for(name, lambda: len(self.ray_nodes()) >= i + 1, 120, self.log(name), pid)
-            out(f"  {name}: {cpus:g} CPUs", flush=True)
+            self._start_worker(f"ray-worker-{i}", tmp, cpus, out)
+
+    def _start_worker(self, name: str, tmp: Path, cpus: float, out) -> None:
+        """One worker node joining the head; it waits until the head counts one node more."""
+        before = len(self.ray_nodes())
+        pid = self.launch(name, [venv_bin("ray"), "start", f"--address={self.gcs_address}", "--block",
+                                 f"--temp-dir={tmp / name}", f"--num-cpus={cpus:g}", *self._ray_ports()], self.node_env())
+        wait_for(name, lambda: len(self.ray_nodes()) >= before + 1, 120, self.log(name), pid)
+        out(f"  {name}: {cpus:g} CPUs", flush=True)
+
+    # -- one service at a time: fault drills (docs/reliability.md)
+
+    def stop(self, name: str, kill: bool = False, out=print) -> None:
+        """End one service's processes by pid (kill: SIGKILL at once, as a crash or a lost node would)."""
+        pid = self._recorded(name)
+        if kill:
+            signal_sessions([pid], signal.SIGKILL)
+            time.sleep(1)
+            left = session_members(pid)
+        else:
+            left = end_sessions([pid], first=STOP_SIGNAL.get(name, signal.SIGTERM))
+        out(f"  {name}: {'killed' if kill else 'ended'}" + (f", still running: {left}" if left else ""), flush=True)
+
+    def start(self, name: str, out=print) -> None:
+        """Start one stopped service again: PostgreSQL and MLflow on their ports and data, a worker as a new node."""
+        if alive(self._recorded(name)):
+            raise ClusterError(f"{name} is running (pid {self.state['processes'][name]}): stop it first")
+        if name == "postgres":
+            self._start_postgres(Path(self.state["tmp"]), out)
+        elif name == "mlflow":
+            self._start_mlflow(out)
+        elif name.startswith("ray-worker-"):
+            self._start_worker(name, Path(self.state["tmp"]), float(self.state["cpus_per_worker"]), out)
+        else:
+            raise ClusterError(f"{name} cannot be started alone (the head holds the cluster's state): `down`, then `up`")
+
+    def _recorded(self, name: str) -> int:
+        """The pid up recorded for a service, or a ClusterError listing the names there are."""
+        processes = self.state.get("processes", {})
+        if name not in processes:
+            raise ClusterError(f"no service {name!r} in {self.state_path}: one of {', '.join(processes) or '(none: run up)'}")
+        return processes[name]
 
     # -- what users read
 
@@ -407,7 +450,7 @@ class LocalCluster:
                        key=lambda kv: (not kv[0].startswith("ray-worker"), kv[0] == "ray-head", kv[0] == "mlflow", kv[0] == "postgres"))
         left = []
         for name, pid in order:
-            survivors = end_sessions([pid])
+            survivors = end_sessions([pid], first=STOP_SIGNAL.get(name, signal.SIGTERM))
             out(f"  {name}: ended" + (f", still running: {survivors}" if survivors else ""), flush=True)
             left += survivors
         tmp = self.state.get("tmp")
@@ -429,16 +472,20 @@ def default_dir() -> Path:
 
 
 def main(argv=None) -> int:
-    """up / status / down."""
+    """up / status / stop / start / down."""
     parser = argparse.ArgumentParser(prog="python -m sweeps.local_cluster", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=("up", "status", "down"))
+    parser.add_argument("command", choices=("up", "status", "down", "stop", "start"))
+    parser.add_argument("service", nargs="?", help="with stop/start: postgres, mlflow or ray-worker-N (a fault drill)")
     parser.add_argument("--dir", type=Path, default=None, help="the cluster's folder: database, artifacts, checkpoints, "
                         "logs, state (default runs/cluster)")
     parser.add_argument("--workers", type=int, default=2, help="Ray worker nodes (default 2)")
     parser.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs each worker node offers (default 1)")
     parser.add_argument("--purge", action="store_true", help="with down: also delete the folder (database, runs, checkpoints)")
+    parser.add_argument("--kill", action="store_true", help="with stop: SIGKILL at once, as a crash would (default: SIGTERM, then SIGKILL)")
     args = parser.parse_args(argv)
+    if (args.command in ("stop", "start")) != (args.service is not None):
+        parser.error("stop and start take one service (postgres, mlflow, ray-worker-N); the other commands none")
     cluster = LocalCluster(args.dir or default_dir())
     try:
         if args.command == "up":
@@ -453,6 +500,12 @@ def main(argv=None) -> int:
             return 0
         if args.command == "status":
             return 0 if cluster.status() else 1
+        if args.command == "stop":
+            cluster.stop(args.service, kill=args.kill)
+            return 0
+        if args.command == "start":
+            cluster.start(args.service)
+            return 0
         left = cluster.down(args.purge)
         return 1 if left else 0
     except ClusterError as err:

@@ -81,6 +81,8 @@ class Rank0:
         if self.tracker is not None:
             self.tracker.log_metrics({"loss": loss, **ev.metrics, **speed}, step)
             self.tracker.log_artifact(self.last_picture, "samples")
+            # Tune hears of this evaluation next and may end the process on it (ASHA): sent first.
+            self.tracker.settle()
         return ev
 
     def finish(self, status: Status, reason: str, step: int, wall: float, state_dir: Path | None,

@@ -292,6 +292,10 @@ class TrialTracker:
         run_id = self.run_id
         self.queue.put(f"artifact {Path(path).name}", lambda: self.client.log_artifact(run_id, str(path), artifact_path))
 
+    def settle(self) -> None:
+        """Wait for this trial's queued writes while the server answers (not during an outage)."""
+        self.queue.settle()
+
     def finish(self, status: Status, reason: str = "") -> None:
         """Record the trial's status as data and close the run with the matching MLflow status, after every queued write."""
         status = Status(status)

@@ -1,8 +1,9 @@
 """A trial's MLflow writes that outlive a tracking outage: kept in order while the server is away, replayed when it answers.
 
 The guarantee (docs/reliability.md): while the trial's process lives, no write is dropped or
-reordered. Writes made during an outage wait in memory and training goes on; the next attempt
-that reaches the server replays them oldest first. At the trial's end the queue waits up to
+reordered. A background thread sends the writes, so a server that is away, or hangs (PostgreSQL
+down under it), never stalls training; writes wait in memory and go out oldest first once it
+answers. At the trial's end the queue waits up to
 RCGM_TRACKING_PATIENCE_S for the server, then raises, and Tune retries the trial from its last
 checkpoint. What is lost is only what a process that dies during an outage still held.
 """
@@ -11,14 +12,17 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 from collections import deque
 from typing import Callable
 
 PATIENCE_ENV = "RCGM_TRACKING_PATIENCE_S"
 DEFAULT_PATIENCE_S = 1800.0
-# While the server is away, writes only queue; one attempt per this many seconds probes for it.
+# While the server is away, the sender tries the oldest write again this often.
 RETRY_EVERY_S = 15.0
+# How long an evaluation waits for its writes before training goes on without them (a server that hangs).
+SETTLE_S = 30.0
 # MLflow error codes that say the request itself is wrong: replaying it would fail forever.
 PERMANENT_CODES = frozenset({"INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "RESOURCE_ALREADY_EXISTS",
                              "BAD_REQUEST", "PERMISSION_DENIED", "UNAUTHENTICATED", "INVALID_STATE", "NOT_FOUND"})
@@ -52,74 +56,126 @@ def is_outage(err: BaseException) -> bool:
 
 
 class WriteQueue:
-    """Ordered writes to one tracking server; each is a no-argument callable that raises on failure."""
+    """Ordered writes to one tracking server, sent by one background thread so the training loop never waits.
+
+    Each write is a no-argument callable that raises on failure. A wrong request (not an outage)
+    is dropped and re-raised in the trial's thread by the next put or drain: a bug fails the trial.
+    """
 
     def __init__(self, where: str, patience: float | None = None, retry_every: float = RETRY_EVERY_S,
-                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
                  say: Callable[[str], None] | None = None):
         self.where = where
         self.patience = patience_s() if patience is None else patience
-        self.retry_every, self.clock, self.sleep = retry_every, clock, sleep
+        self.retry_every = retry_every
         self.say = say or (lambda line: print(line, file=sys.stderr, flush=True))
         self.pending: deque[tuple[str, Callable[[], object]]] = deque()
         self.down_since: float | None = None
-        self.last_try = 0.0
-        self.outages = 0  # how many outages this queue rode out (logged by the trial)
+        self.outages = 0  # how many outages this queue rode out
+        self.error: BaseException | None = None
+        self.sending = False  # a write is out on the wire (taken, not yet done)
+        self.slow = False  # the last settle gave up waiting: later ones do not wait until a write succeeds
+        self.wake = threading.Condition()
+        self.thread: threading.Thread | None = None
 
     def __len__(self) -> int:
-        return len(self.pending)
+        with self.wake:
+            return len(self.pending)
 
     def put(self, what: str, write: Callable[[], object]) -> None:
-        """Queue a write and send what the server can take now (during an outage, at most one probe per retry_every)."""
-        self.pending.append((what, write))
-        if self.down_since is None or self.clock() - self.last_try >= self.retry_every:
-            self.flush()
+        """Queue a write; it is sent in order, behind every earlier one, by the sender thread."""
+        with self.wake:
+            self._raise_error()
+            self.pending.append((what, write))
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._send_forever, name="rcgm-tracking", daemon=True)
+                self.thread.start()
+            self.wake.notify_all()
 
-    def flush(self) -> bool:
-        """Send queued writes oldest first; True when none is left. A wrong request raises at once."""
-        self.last_try = self.clock()
-        while self.pending:
-            what, write = self.pending[0]
-            try:
-                write()
-            except Exception as err:
-                if not is_outage(err):
-                    raise
-                if self.down_since is None:
-                    self.down_since = self.clock()
-                    self.say(f"tracking: {self.where} unreachable ({_short(err)}); training goes on, "
-                             f"writes are kept in order and replayed when it answers")
-                return False
-            self.pending.popleft()
-        if self.down_since is not None:
-            self.outages += 1
-            self.say(f"tracking: {self.where} answers again after {self.clock() - self.down_since:.0f} s; "
-                     f"queued writes replayed")
-            self.down_since = None
-        return True
+    def settle(self, timeout: float = SETTLE_S) -> None:
+        """While the server answers, wait for queued writes (as synchronous writes would); during an outage, return at once.
+
+        A trial reports to Tune right after its evaluation, and a scheduler may end its process on
+        that report: with a healthy server nothing may still be queued then.
+        """
+        deadline = time.monotonic() + timeout
+        with self.wake:
+            while (self.pending or self.sending) and self.down_since is None and not self.slow:
+                self._raise_error()
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    self.slow = True
+                    return
+                self.wake.wait(min(left, 1.0))
+            self._raise_error()
 
     def drain(self, what: str = "the trial's last writes") -> None:
-        """Flush, waiting for the server up to the patience; raise TrackingOutage if it stays away."""
-        deadline = self.clock() + self.patience
-        while not self.flush():
-            if self.clock() >= deadline:
-                raise TrackingOutage(
-                    f"{self.where} stayed unreachable for {self.patience:.0f} s ({PATIENCE_ENV}); {len(self)} writes "
-                    f"of {what} are not recorded (the next one: {self.pending[0][0]}); the trial is retried from its "
-                    f"last checkpoint")
-            self.sleep(min(self.retry_every, max(0.0, deadline - self.clock())))
+        """Wait until every queued write is sent, up to the patience; raise TrackingOutage if the server stays away."""
+        deadline = time.monotonic() + self.patience
+        with self.wake:
+            while self.pending or self.sending:
+                self._raise_error()
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    first = self.pending[0][0] if self.pending else "the write in flight"
+                    raise TrackingOutage(
+                        f"{self.where} stayed unreachable for {self.patience:.0f} s ({PATIENCE_ENV}); {len(self.pending)} "
+                        f"writes of {what} are not recorded (the next one: {first}); the trial is retried from its "
+                        f"last checkpoint")
+                self.wake.wait(min(left, 1.0))
+            self._raise_error()
 
     def call(self, what: str, read: Callable[[], object]):
         """Run a call whose answer is needed now (finding or creating the run), waiting up to the patience."""
-        deadline = self.clock() + self.patience
+        deadline = time.monotonic() + self.patience
         while True:
             try:
                 return read()
             except Exception as err:
-                if not is_outage(err) or self.clock() >= deadline:
+                if not is_outage(err) or time.monotonic() >= deadline:
                     raise
                 self.say(f"tracking: {self.where} unreachable while {what} ({_short(err)}); retrying")
-                self.sleep(min(self.retry_every, max(0.0, deadline - self.clock())))
+                time.sleep(min(self.retry_every, max(0.0, deadline - time.monotonic())))
+
+    def _raise_error(self) -> None:
+        """Re-raise, in the caller's thread, a wrong request the sender met (called holding the lock)."""
+        if self.error is not None:
+            err, self.error = self.error, None
+            raise err
+
+    def _send_forever(self) -> None:
+        """The sender: oldest write first; on an outage wait retry_every and try the same write again."""
+        while True:
+            with self.wake:
+                while not self.pending:
+                    self.wake.wait()
+                what, write = self.pending[0]
+                self.sending = True
+            try:
+                write()
+            except Exception as err:
+                with self.wake:
+                    self.sending = False
+                    if not is_outage(err):
+                        self.pending.popleft()
+                        self.error = err
+                        self.wake.notify_all()
+                        continue
+                    if self.down_since is None:
+                        self.down_since = time.monotonic()
+                        self.say(f"tracking: {self.where} unreachable ({_short(err)}); training goes on, "
+                                 f"writes are kept in order and replayed when it answers")
+                time.sleep(self.retry_every)
+                continue
+            with self.wake:
+                self.sending = False
+                self.pending.popleft()
+                self.slow = False
+                if self.down_since is not None:
+                    self.outages += 1
+                    self.say(f"tracking: {self.where} answers again after {time.monotonic() - self.down_since:.0f} s; "
+                             f"queued writes replayed")
+                    self.down_since = None
+                self.wake.notify_all()
 
 
 def _short(err: BaseException) -> str:
