@@ -231,3 +231,134 @@ def test_job_without_a_runs_dir_keeps_its_report_in_mlflow(cluster):
     assert line.startswith(f"report: MLflow parent run {parent.info.run_id}, artifacts report/report.html"), line
     artifacts = {a.path for a in MlflowClient(cluster.uri).list_artifacts(parent.info.run_id, "report")}
     assert "report/report.html" in artifacts
+
+
+# ---- faults under a running sweep: a worker node, the MLflow server, PostgreSQL ------------------
+
+FAULT_STEPS = 30000
+MLFLOW_DOWN_S = 25  # the trials' client gives up after ~6 s (2 retries): the queue must carry the rest
+POSTGRES_DOWN_S = 8
+
+
+def _cluster_cli(cluster, *args: str) -> str:
+    proc = run_cli(["-m", "sweeps.local_cluster", *args, "--dir", str(cluster.dir)], timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def _steps(client, run_id: str, key: str = "loss") -> list[int]:
+    return sorted(m.step for m in client.get_metric_history(run_id, key))
+
+
+@pytest.fixture(scope="module")
+def faulted_sweep(cluster):
+    """One 2-trial sweep on the two workers that lives through three faults, one after the other:
+
+    a worker node SIGKILLed (then started again as a new node), the MLflow server ended for longer
+    than its clients retry, then PostgreSQL restarted under the server. Returns what was seen.
+    """
+    from sweeps.local_cluster import LocalCluster
+
+    args = [*SMOKE, "--orders", "2", "--name", "faults", "--steps", str(FAULT_STEPS), "--eval-every", "1000",
+            "--checkpoint-every", "1000", "--no-report"]
+    first = cluster.ray("job", "submit", "--no-wait", "--working-dir", ".", "--", *args, timeout=120)
+    assert first.returncode == 0, first.stderr[-2000:]
+    job_id = next(w.strip("'") for w in first.stdout.split() if w.strip("'").startswith("raysubmit_"))
+    client = MlflowClient(cluster.uri)
+    deadline = time.time() + 300
+    while time.time() < deadline:  # both trials training, with a checkpoint behind them
+        try:
+            _, kids = cluster.sweep("faults")
+        except (AssertionError, AttributeError):
+            kids = []
+        if len(kids) == 2 and all(max(_steps(client, k.info.run_id), default=0) >= 2000 for k in kids):
+            break
+        time.sleep(2)
+    else:
+        pytest.fail("the trials did not reach step 2000: " + cluster.ray("job", "logs", job_id, timeout=60).stdout[-3000:])
+    seen = {"job_id": job_id, "before_kill": {k.info.run_id: k.data.tags["ray.node_id"] for k in kids}}
+
+    launcher = LocalCluster(cluster.dir)
+    alive_before = {n["node_id"] for n in launcher.ray_nodes()}
+    _cluster_cli(cluster, "stop", "ray-worker-1", "--kill")
+    deadline = time.time() + 180
+    while time.time() < deadline and len(launcher.ray_nodes()) >= len(alive_before):
+        time.sleep(2)  # until the head has noticed the node is gone
+    dead = alive_before - {n["node_id"] for n in launcher.ray_nodes()}
+    assert len(dead) == 1, f"the head still counts {len(launcher.ray_nodes())} nodes"
+    seen["dead_node"] = dead.pop()
+    _cluster_cli(cluster, "start", "ray-worker-1")  # a fresh node where the lost trial can go on
+
+    _cluster_cli(cluster, "stop", "mlflow")
+    time.sleep(MLFLOW_DOWN_S)
+    _cluster_cli(cluster, "start", "mlflow")
+    seen["mlflow_back"] = time.time()
+
+    _cluster_cli(cluster, "stop", "postgres")
+    time.sleep(POSTGRES_DOWN_S)
+    _cluster_cli(cluster, "start", "postgres")
+    seen["postgres_back"] = time.time()
+
+    logs = cluster.ray("job", "logs", "--follow", job_id, timeout=900)
+    keep_artifact_text(logs.stdout + logs.stderr, "cluster_faults_job.txt")
+    status = cluster.ray("job", "status", job_id, timeout=60)
+    seen["job_status"] = status.stdout + status.stderr
+    seen["logs"] = logs.stdout
+    seen["parent"], seen["kids"] = cluster.sweep("faults")
+    return seen
+
+
+def _worker_logs(cluster) -> str:
+    """Every Ray worker process's stdout and stderr on every node of the cluster (the trials print there)."""
+    text = []
+    for path in Path(cluster.state["tmp"]).glob("*/session_*/logs/worker-*"):
+        text.append(path.read_text(errors="replace"))
+    return "\n".join(text)
+
+
+def test_sweep_finishes_through_all_three_faults(faulted_sweep):
+    assert "succeeded" in faulted_sweep["job_status"].lower(), faulted_sweep["logs"][-4000:]
+    assert faulted_sweep["parent"].info.status == "FINISHED"
+    kids = faulted_sweep["kids"]
+    assert len(kids) == 2 and len({k.data.tags["rcgm.trial_key"] for k in kids}) == 2  # one run per cell
+    assert all(k.data.tags["status"] == "finished" and k.data.metrics["final_step"] == FAULT_STEPS for k in kids)
+    # The faults happened while training: some trial was still running after the last of them.
+    assert max(k.info.end_time for k in kids) / 1000 > faulted_sweep["postgres_back"], "raise FAULT_STEPS"
+
+
+def test_a_dead_worker_nodes_trial_resumes_on_another_node_from_its_checkpoint(faulted_sweep):
+    kids = faulted_sweep["kids"]
+    lost = [k for k in kids if faulted_sweep["before_kill"][k.info.run_id] == faulted_sweep["dead_node"]]
+    assert len(lost) == 1  # the killed node held exactly one of the two trials
+    run = lost[0]
+    assert run.data.metrics["resumed_from_step"] >= 1000  # from its checkpoint, not from scratch
+    assert run.data.tags["ray.node_id"] != faulted_sweep["dead_node"]  # it finished elsewhere
+    # Its curve is continuous across the loss: test_metric_histories_are_complete_after_the_outages.
+
+
+def test_metric_histories_are_complete_after_the_outages(cluster, faulted_sweep):
+    client = MlflowClient(cluster.uri)
+    every_eval = list(range(1000, FAULT_STEPS + 1, 1000))
+    for kid in faulted_sweep["kids"]:
+        # Every evaluation exactly once: none lost to the outages, none doubled by the replay or the resume.
+        assert _steps(client, kid.info.run_id) == every_eval, kid.info.run_name
+        assert _steps(client, kid.info.run_id, "mmd2_1nfe") == every_eval
+    workers = _worker_logs(cluster)
+    assert "training goes on, writes are kept in order" in workers and "queued writes replayed" in workers
+
+
+def test_no_secret_reaches_params_tags_or_logs(cluster, faulted_sweep, smoke_job):
+    secrets_ = {"Ray token": cluster.state["token"], "database password": cluster.state["pg_password"]}
+    client = MlflowClient(cluster.uri)
+    texts = {"job logs": faulted_sweep["logs"] + smoke_job.stdout + smoke_job.stderr, "worker logs": _worker_logs(cluster)}
+    for exp in client.search_experiments():
+        for run in client.search_runs([exp.experiment_id], max_results=1000):
+            texts[f"run {run.info.run_name}"] = json.dumps([run.data.params, run.data.tags])
+    for log in (cluster.dir / "logs").glob("*.log"):
+        texts[log.name] = log.read_text(errors="replace")
+    for path in (cluster.dir / "mlflow-artifacts").rglob("*"):
+        if path.is_file() and path.suffix in (".html", ".txt", ".json", ".yaml", ".md", ".csv"):
+            texts[str(path)] = path.read_text(errors="replace")
+    assert len(texts) > 10
+    leaks = [f"{what} in {where}" for where, text in texts.items() for what, value in secrets_.items() if value in text]
+    assert leaks == []
