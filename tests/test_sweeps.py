@@ -148,6 +148,40 @@ def test_killed_driver_resumes_without_duplicates(sqlite_uri, tmp_path):
 
 
 @pytest.mark.slow
+def test_a_sweep_with_a_diverging_and_an_out_of_memory_trial_finishes_and_marks_both(sqlite_uri, tmp_path):
+    import warnings
+
+    from dashboards.cells import build_grid
+    from dashboards.collect import collect
+
+    faults = "nan@N1-k0.9-s0:100,oom@N2-k0.9-s0:150"
+    proc = run_cli([SCRIPT, "--smoke", "--name", "faulty", "--tracking-uri", sqlite_uri, "--storage-path", str(tmp_path / "ray")],
+                   timeout=900, env={"RCGM_INJECT_FAULTS": faults})
+    out = proc.stdout + proc.stderr
+    keep_artifact_text(out, "sweep_with_faults.txt")
+    assert proc.returncode == 0, out[-4000:]
+    parent, kids = _children(sqlite_uri, "faulty")
+    assert parent.info.status == "FINISHED" and len(kids) == 4
+    runs = {k.info.run_name: k for k in kids}
+    diverged, oom = runs["N1-k0.9-s0"], runs["N2-k0.9-s0"]
+    assert diverged.data.tags["status"] == "diverged" and diverged.data.tags["status_reason"] == "loss is not finite at step 101"
+    assert oom.data.tags["status"] == "oom" and oom.data.tags["status_reason"].startswith("out of memory at step 151 on cpu")
+    assert diverged.info.status == "FINISHED" and oom.info.status == "FAILED"  # MLflow's own view of each
+    # Ended with a status, not retried: a planned fault would only happen again.
+    assert "resumed_from_step" not in oom.data.metrics and oom.data.metrics["final_step"] == 150
+    assert all(runs[k].data.tags["status"] == "finished" for k in ("N1-k0.999-s0", "N2-k0.999-s0"))
+    assert "4 trials: 2 finished, 1 diverged, 1 oom" in out, out[-2000:]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        table = collect(sqlite_uri, "kappa_by_order", sweeps=["faulty"]).table
+    grid = build_grid(table, "final.mmd2_1nfe")
+    # The heatmap's cells say why they hold no value (hatched: every trial of the cell unhealthy).
+    assert grid.cell(1, 0.9).all_unhealthy and grid.cell(1, 0.9).label() == "diverged (1/1)"
+    assert grid.cell(2, 0.9).all_unhealthy and grid.cell(2, 0.9).label() == "oom (1/1)"
+    assert not grid.cell(2, 0.999).all_unhealthy
+
+
+@pytest.mark.slow
 def test_ray_job_submit_against_a_started_head(sqlite_uri, tmp_path):
     ray = str(REPO_ROOT / ".venv" / "bin" / "ray") if (REPO_ROOT / ".venv" / "bin" / "ray").exists() else "ray"
     dash, gcs, agent, agent_grpc, env_agent, metrics = (_free_port() for _ in range(6))

@@ -44,6 +44,22 @@ def _check(cfg: TrialConfig) -> None:
         from trainables.metrics.frechet import resolve_fid_weights
 
         resolve_fid_weights(None)
+    check_environment()
+
+
+def check_environment() -> None:
+    """The settings trials read from the environment (tracking patience, injected faults), before any worker does."""
+    import os
+
+    from trainables.faults import FAULTS_ENV, planned_faults
+    from trainables.tracking_queue import PATIENCE_ENV, patience_s
+
+    for name, check, expected in ((PATIENCE_ENV, patience_s, "a number of seconds >= 0"),
+                                  (FAULTS_ENV, lambda: planned_faults(None), "KIND@TRIAL:STEP[,...], KIND nan or oom, STEP >= 1")):
+        try:
+            check()
+        except ValueError:
+            raise ConfigError(name, os.environ.get(name), expected, flag=f"or unset the environment variable {name}") from None
 
 
 def check_latent_grid(cfg: TrialConfig, shape: tuple) -> None:

@@ -53,9 +53,21 @@ def trial_device(cfg: TrialConfig) -> str:
     return "cuda" if cfg.gpus_per_worker > 0 and torch.cuda.is_available() else "cpu"
 
 
+def is_out_of_memory(err: BaseException) -> bool:
+    """True when err is an allocation PyTorch could not serve (CUDA's OutOfMemoryError, or the CPU allocator's)."""
+    if isinstance(err, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    return isinstance(err, RuntimeError) and any(m in str(err) for m in ("can't allocate memory", "not enough memory"))
+
+
 def run_trial(cfg: TrialConfig, placement: Placement, report: Report, *, checkpoint=None,
-              tracking: TrialTracking | None = None, agree=lambda status: status, step_hook=None) -> Outcome:
-    """Set up a trial on this process (resuming from checkpoint, a Ray/Tune Checkpoint or None) and run it."""
+              tracking: TrialTracking | None = None, agree=lambda status: status, step_hook=None,
+              name: str | None = None) -> Outcome:
+    """Set up a trial on this process (resuming from checkpoint, a Ray/Tune Checkpoint or None) and run it.
+
+    name: the trial's cell key, which RCGM_INJECT_FAULTS addresses (trainables/faults.py).
+    """
+    from trainables.faults import chain, fault_hook
     from trainables.rank0 import Rank0
 
     # One thread per CPU this process was given: two trials on two cores must not fight.
@@ -65,8 +77,15 @@ def run_trial(cfg: TrialConfig, placement: Placement, report: Report, *, checkpo
                       measure_cost=placement.rank == 0)
     best, resumed_from = checkpointing.restore_trainer(trainer, checkpoint, placement.device)
     lead = Rank0(cfg, trainer, tracking, best, resumed_from) if placement.rank == 0 else None
+    step_hook = chain(step_hook, fault_hook(name, trainer.model, trainer.device))
     status, reason = run_loop(cfg, trainer, lead, report, agree=agree, step_hook=step_hook)
     return Outcome(status, reason, lead.last_picture if lead is not None else None)
+
+
+def out_of_memory_reason(err: BaseException, trainer: Trainer) -> str:
+    """Where memory ran out, for the run's status_reason: the step, the device and the allocator's words."""
+    words = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return f"out of memory at step {trainer.step + 1} on {trainer.device}: {words[:300]}; lower --batch-size or the model size"
 
 
 def run_loop(cfg: TrialConfig, trainer: Trainer, lead, report: Report, agree=lambda status: status,
@@ -82,13 +101,22 @@ def run_loop(cfg: TrialConfig, trainer: Trainer, lead, report: Report, agree=lam
     status, reason = Status.RUNNING, ""
     while trainer.step < cfg.steps:
         step_started = time.perf_counter()
-        loss = trainer.train_step()
+        try:
+            loss = trainer.train_step()
+            if step_hook is not None:
+                step_hook(trainer.step)
+        except Exception as err:
+            # One process: end with a status and a checkpoint. Under DDP the other ranks wait in this
+            # step's all-reduce, so an out-of-memory there is Ray Train's to handle (it raises).
+            if not is_out_of_memory(err) or trainer.world_size > 1:
+                raise
+            status, reason, loss = Status.OUT_OF_MEMORY, out_of_memory_reason(err, trainer), math.nan
+            if trainer.device.type == "cuda":
+                torch.cuda.empty_cache()  # what the failed step held, before the checkpoint is written
         meter.add(time.perf_counter() - step_started)
         losses.append(loss)
         step = trainer.step
-        if step_hook is not None:
-            step_hook(step)
-        if not math.isfinite(loss):
+        if status == Status.RUNNING and not math.isfinite(loss):
             status, reason = Status.DIVERGED, f"loss is not finite at step {step}"
         last = step >= cfg.steps
         at_eval = step % cfg.eval_every == 0 or last or status != Status.RUNNING
@@ -97,7 +125,7 @@ def run_loop(cfg: TrialConfig, trainer: Trainer, lead, report: Report, agree=lam
         finite = [v for v in losses if math.isfinite(v)]
         metrics = {"step": step, "loss": sum(finite) / len(finite) if finite else float("nan")}
         losses.clear()
-        if at_eval and lead is not None:
+        if at_eval and lead is not None and status != Status.OUT_OF_MEMORY:
             ev = lead.evaluate(step, metrics["loss"], meter.take_window())
             metrics.update(ev.metrics)
             if status == Status.RUNNING and ev.status != Status.RUNNING:

@@ -10,6 +10,7 @@ class Status(StrEnum):
     FINISHED = "finished"    # reached its last step healthy
     DIVERGED = "diverged"    # loss or samples not finite, or samples far worse than noise
     COLLAPSED = "collapsed"  # samples no better than the noise itself, late in training
+    OUT_OF_MEMORY = "oom"    # an allocation failed (device or host memory): ended with a checkpoint, not retried
     STOPPED = "stopped"      # ended early by a scheduler (ASHA) or an interrupted sweep
     FAILED = "failed"        # raised, or its retries ran out
 
@@ -21,12 +22,13 @@ class Status(StrEnum):
     @property
     def mlflow_run_status(self) -> str:
         """The MLflow run status a run closed with this status gets."""
-        return {Status.STOPPED: "KILLED", Status.FAILED: "FAILED", Status.RUNNING: "RUNNING"}.get(self, "FINISHED")
+        return {Status.STOPPED: "KILLED", Status.FAILED: "FAILED", Status.OUT_OF_MEMORY: "FAILED",
+                Status.RUNNING: "RUNNING"}.get(self, "FINISHED")
 
 
-UNHEALTHY = frozenset({Status.DIVERGED, Status.COLLAPSED, Status.FAILED})
-# Worst first when ranks disagree: every rank adopts the worst status any rank saw.
-SEVERITY = (Status.RUNNING, Status.COLLAPSED, Status.DIVERGED)
+UNHEALTHY = frozenset({Status.DIVERGED, Status.COLLAPSED, Status.FAILED, Status.OUT_OF_MEMORY})
+# Worst last when ranks disagree: every rank adopts the worst status any rank saw.
+SEVERITY = (Status.RUNNING, Status.COLLAPSED, Status.DIVERGED, Status.OUT_OF_MEMORY)
 # MLflow run status -> ours, for runs that died before tagging `status` themselves.
 FROM_MLFLOW_RUN_STATUS = {"FINISHED": Status.FINISHED, "FAILED": Status.FAILED, "RUNNING": Status.RUNNING,
                           "KILLED": Status.STOPPED, "SCHEDULED": Status.RUNNING}

@@ -134,7 +134,7 @@ def tune_trial(config: dict) -> None:
                                        **node_tags()})
     try:
         if spec.runner == "inline":
-            run_inline(spec.config, tracking)
+            run_inline(spec.config, tracking, spec.key)
         else:
             fit_torch_trainer(spec, tracking)
     except Exception as err:
@@ -143,8 +143,8 @@ def tune_trial(config: dict) -> None:
         raise
 
 
-def run_inline(cfg: TrialConfig, tracking: TrialTracking | None) -> None:
-    """Train, evaluate, checkpoint and report to Tune in this process."""
+def run_inline(cfg: TrialConfig, tracking: TrialTracking | None, key: str | None = None) -> None:
+    """Train, evaluate, checkpoint and report to Tune in this process (key: the cell, for injected faults)."""
     import ray
     from ray import tune
 
@@ -159,7 +159,7 @@ def run_inline(cfg: TrialConfig, tracking: TrialTracking | None) -> None:
         ckpt = tune.Checkpoint.from_directory(str(state_dir)) if state_dir is not None else None
         tune.report(metrics, checkpoint=ckpt)
 
-    run_trial(cfg, Placement(trial_device(cfg)), report, checkpoint=tune.get_checkpoint(), tracking=tracking)
+    run_trial(cfg, Placement(trial_device(cfg)), report, checkpoint=tune.get_checkpoint(), tracking=tracking, name=key)
 
 
 def fit_torch_trainer(spec: TrialSpec, tracking: TrialTracking | None) -> None:

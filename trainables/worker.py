@@ -97,4 +97,5 @@ def train_fn_per_worker(loop_config: dict) -> None:
         ray.train.report(metrics, checkpoint=ckpt)
 
     run_trial(cfg, placement, report, checkpoint=ray.train.get_checkpoint(), tracking=tracking,
-              agree=agree_across_ranks, step_hook=crash_hook(loop_config, rank))
+              agree=agree_across_ranks, step_hook=crash_hook(loop_config, rank),
+              name=tracking.run_name if tracking is not None else None)
