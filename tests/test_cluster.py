@@ -362,3 +362,56 @@ def test_no_secret_reaches_params_tags_or_logs(cluster, faulted_sweep, smoke_job
     assert len(texts) > 10
     leaks = [f"{what} in {where}" for where, text in texts.items() for what, value in secrets_.items() if value in text]
     assert leaks == []
+
+
+def test_after_the_head_dies_the_same_submission_resumes_on_a_new_head(cluster):
+    """The head SIGKILLed mid-sweep takes its job and, with it, every trial; MLflow and the shared storage stay.
+
+    A new head on the same ports (and its workers), then the same `ray job submit`: the sweep
+    resumes from Tune's state on the shared storage, finished trials are not run again, the
+    unfinished ones go on from their checkpoints, in the same MLflow runs.
+    """
+    steps = 8000
+    args = [*SMOKE, "--name", "head-dies", "--steps", str(steps), "--eval-every", "500", "--no-report"]
+    first = cluster.ray("job", "submit", "--no-wait", "--working-dir", ".", "--", *args, timeout=120)
+    assert first.returncode == 0, first.stderr[-2000:]
+    client = MlflowClient(cluster.uri)
+    deadline = time.time() + 400
+    while time.time() < deadline:  # the first two trials finished, the next two well under way
+        try:
+            _, kids = cluster.sweep("head-dies")
+        except (AssertionError, AttributeError):
+            kids = []
+        done = [k for k in kids if k.data.tags.get("status") == "finished"]
+        going = [k for k in kids if k.data.tags.get("status") == "running"
+                 and 1000 <= max(_steps(client, k.info.run_id), default=0) <= steps // 2]
+        if len(done) == 2 and going:
+            break
+        time.sleep(1)
+    else:
+        pytest.fail("no moment with a finished and a running trial")
+    finished_before = {k.info.run_id: k.info.end_time for k in done}
+    _cluster_cli(cluster, "stop", "ray-head", "--kill")
+    for worker in ("ray-worker-1", "ray-worker-2"):  # they would wait a minute for the lost head, then exit
+        _cluster_cli(cluster, "stop", worker, "--kill")
+    parent, kids = cluster.sweep("head-dies")
+    assert parent.info.status == "RUNNING" and len(kids) >= 2  # MLflow survived; nobody could close the runs
+    for name in ("ray-head", "ray-worker-1", "ray-worker-2"):
+        _cluster_cli(cluster, "start", name)
+
+    again = cluster.submit(*args)  # the same command, against the same addresses
+    out = again.stdout + again.stderr
+    keep_artifact_text(out, "cluster_head_dies_resume.txt")
+    assert again.returncode == 0, out[-4000:]
+    assert "resuming sweep" in out
+    parent, kids = cluster.sweep("head-dies")
+    assert parent.info.status == "FINISHED"
+    keys = [k.data.tags["rcgm.trial_key"] for k in kids]
+    assert len(keys) == 4 == len(set(keys))  # one run per cell
+    assert all(k.data.tags["status"] == "finished" and k.data.metrics["final_step"] == steps for k in kids)
+    by_id = {k.info.run_id: k for k in kids}
+    assert all(by_id[run_id].info.end_time == end for run_id, end in finished_before.items())  # not run again
+    resumed = {k.info.run_name: k.data.metrics.get("resumed_from_step") for k in kids}
+    assert all(resumed[k.info.run_name] >= 1000 for k in going), resumed  # went on from a checkpoint, not from 0
+    for kid in kids:  # every evaluation once: none lost, none logged twice by steps trained again
+        assert _steps(client, kid.info.run_id) == list(range(500, steps + 1, 500)), kid.info.run_name

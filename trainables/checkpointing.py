@@ -35,6 +35,21 @@ def load_state(directory, map_location="cpu") -> dict:
     return torch.load(Path(directory) / STATE_FILE, map_location=map_location, weights_only=True)
 
 
+def checkpoint_index(path) -> int:
+    """The number of a Tune checkpoint folder (checkpoint_000007 -> 7); -1 for any other name."""
+    name = Path(str(path)).name
+    digits = name.removeprefix("checkpoint_")
+    return int(digits) if name.startswith("checkpoint_") and digits.isdigit() else -1
+
+
+def newest_saved(trial_folder: Path) -> Path | None:
+    """The newest checkpoint folder with a complete state file in a trial's folder on the storage, or None."""
+    if not trial_folder.is_dir():
+        return None
+    found = [d for d in trial_folder.glob("checkpoint_*") if checkpoint_index(d) >= 0 and (d / STATE_FILE).is_file()]
+    return max(found, key=checkpoint_index, default=None)
+
+
 def restore_trainer(trainer, checkpoint, device) -> tuple[dict, int | None]:
     """Load a Ray/Tune checkpoint (or None) into trainer; returns (best metrics, step resumed from)."""
     if checkpoint is None:

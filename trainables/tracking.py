@@ -28,6 +28,10 @@ CLIENT_RETRIES = 2
 PACKAGES = ("torch", "ray", "mlflow", "timm", "optuna", "rcgm-sweeps")
 
 
+# The statuses a trial ends itself with, recorded with its final step: nothing left to train.
+ENDED = frozenset({str(Status.FINISHED), str(Status.DIVERGED), str(Status.COLLAPSED), str(Status.OUT_OF_MEMORY)})
+
+
 class TrackingUnavailable(RuntimeError):
     """The tracking URI cannot be used; the message says what to change."""
 
@@ -213,6 +217,22 @@ def sweep_outcome(uri: str, experiment: str, parent_run_id: str) -> tuple[list[s
     runs = child_runs(uri, experiment, parent_run_id)
     resumed = sum(1 for run in runs if "resumed_from_step" in run.data.metrics and run.data.tags.get("status") != Status.FAILED)
     return [run.data.tags.get("status", str(Status.FAILED)) for run in runs], resumed
+
+
+def recorded_result(tracking: TrialTracking) -> dict | None:
+    """The last result of a trial whose MLflow run already ended it (finished, diverged, ...), else None.
+
+    Tune saves its own state every few seconds: a head or driver lost in between forgets trials
+    that had finished, and a resumed sweep would train them again. The run is the record.
+    """
+    run_id = trial_run_id(tracking.uri, tracking.experiment, tracking.trial_key)
+    if run_id is None:
+        return None
+    run = _client(tracking.uri).get_run(run_id)
+    status = run.data.tags.get("status")
+    if status not in ENDED or "final_step" not in run.data.metrics:
+        return None  # running, stopped or failed: those train (again) from their checkpoints
+    return {**run.data.metrics, "step": int(run.data.metrics["final_step"]), "status": status}
 
 
 def mark_trial_failed(tracking: TrialTracking, reason: str) -> None:

@@ -10,11 +10,13 @@ a one-worker trial gains nothing from. DDP trials (workers > 1) keep the TorchTr
 from __future__ import annotations
 
 import dataclasses
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 from trainables.config import TrialConfig
 from trainables.locations import safe_name
-from trainables.tracking import TrialTracking, mark_trial_failed
+from trainables.tracking import TrialTracking, mark_trial_failed, recorded_result
 
 RUNNERS = ("inline", "train")
 
@@ -132,9 +134,13 @@ def tune_trial(config: dict) -> None:
         # The node of this Tune trial process: where an inline trial runs (a TorchTrainer's rank 0 retags).
         tracking = tracking.with_tags({"ray.trial_id": tune.get_context().get_trial_id(), "rcgm.cell": spec.key,
                                        **node_tags()})
+    recorded = recorded_result(tracking) if tracking is not None else None
+    if recorded is not None:
+        tune.report(recorded)  # ended before Tune last saved its state: its run says how, nothing is trained again
+        return
     try:
         if spec.runner == "inline":
-            run_inline(spec.config, tracking, spec.key)
+            run_inline(spec.config, tracking, spec.key, trial_folder(spec, tune.get_context().get_trial_name()))
         else:
             fit_torch_trainer(spec, tracking)
     except Exception as err:
@@ -143,7 +149,37 @@ def tune_trial(config: dict) -> None:
         raise
 
 
-def run_inline(cfg: TrialConfig, tracking: TrialTracking | None, key: str | None = None) -> None:
+def trial_folder(spec: TrialSpec, name: str) -> Path | None:
+    """The trial's folder on a local (shared) storage path, where Tune keeps its checkpoints; None for s3:// and the like."""
+    if spec.tracking is None or "://" in spec.storage_path:
+        return None
+    return Path(spec.storage_path) / spec.tracking.sweep / name
+
+
+def latest_checkpoint(given, folder: Path | None):
+    """Tune's checkpoint, or a newer one in the trial's folder that Tune's saved state does not know of.
+
+    Tune saves its state every few seconds; a driver or head lost in between restores trials with
+    an older checkpoint than the storage holds, or none, and they would train those steps again.
+    """
+    from ray import tune
+
+    from trainables.checkpointing import checkpoint_index, load_state, newest_saved
+
+    newest = newest_saved(folder) if folder is not None else None
+    if newest is None or (given is not None and checkpoint_index(given.path) >= checkpoint_index(newest)):
+        return given
+    try:
+        load_state(newest)  # a copy the lost process left half written is not a checkpoint
+    except Exception:
+        return given
+    known = Path(given.path).name if given is not None else "none"
+    print(f"resuming from {newest} (Tune's saved state knew {known})", file=sys.stderr, flush=True)
+    return tune.Checkpoint.from_directory(str(newest))
+
+
+def run_inline(cfg: TrialConfig, tracking: TrialTracking | None, key: str | None = None,
+               folder: Path | None = None) -> None:
     """Train, evaluate, checkpoint and report to Tune in this process (key: the cell, for injected faults)."""
     import ray
     from ray import tune
@@ -159,7 +195,8 @@ def run_inline(cfg: TrialConfig, tracking: TrialTracking | None, key: str | None
         ckpt = tune.Checkpoint.from_directory(str(state_dir)) if state_dir is not None else None
         tune.report(metrics, checkpoint=ckpt)
 
-    run_trial(cfg, Placement(trial_device(cfg)), report, checkpoint=tune.get_checkpoint(), tracking=tracking, name=key)
+    run_trial(cfg, Placement(trial_device(cfg)), report, checkpoint=latest_checkpoint(tune.get_checkpoint(), folder),
+              tracking=tracking, name=key)
 
 
 def fit_torch_trainer(spec: TrialSpec, tracking: TrialTracking | None) -> None:
