@@ -4,8 +4,8 @@
   source runs/cluster/env.sh
   ray job submit --working-dir . -- python sweeps/kappa_by_order.py --smoke
   python -m sweeps.local_cluster status
-  python -m sweeps.local_cluster stop mlflow|postgres|ray-worker-N [--kill]   (a fault drill)
-  python -m sweeps.local_cluster start mlflow|postgres|ray-worker-N           (on the same port and data)
+  python -m sweeps.local_cluster stop SERVICE [--kill]   (a fault drill; SERVICE: postgres, mlflow, ray-head, ray-worker-N)
+  python -m sweeps.local_cluster start SERVICE          (again, on the same ports and data; a head before its workers)
   python -m sweeps.local_cluster down [--purge]
 
 `up` starts PostgreSQL (Debian's packages, its own data directory, 127.0.0.1 only), an `mlflow
@@ -329,18 +329,22 @@ class LocalCluster:
 
     def _start_ray(self, tmp: Path, workers: int, cpus: float, out) -> None:
         """The head (no CPUs: it only coordinates), then each worker node, waiting for each to join."""
-        gcs, dash = free_ports(2)
-        self.state["ports"].update({"gcs": gcs, "dashboard": dash})
-        env = self.node_env()
-        ray = venv_bin("ray")
-        pid = self.launch("ray-head", [ray, "start", "--head", "--block", f"--temp-dir={tmp / 'head'}", "--num-cpus=0",
-                                 f"--port={gcs}", "--dashboard-host=127.0.0.1",
-                                 f"--dashboard-port={dash}", "--include-dashboard=true", *self._ray_ports()], env)
-        wait_for("the Ray head", lambda: len(self.ray_nodes()) >= 1, 120, self.log("ray-head"), pid)
-        out(f"  ray-head: 127.0.0.1:{gcs}, dashboard and job API {self.dashboard_url} (0 CPUs)", flush=True)
+        self._start_head(tmp, out)
         for i in range(1, workers + 1):
             # One at a time: nodes joining together on one machine time out under load.
             self._start_worker(f"ray-worker-{i}", tmp, cpus, out)
+
+    def _start_head(self, tmp: Path, out) -> None:
+        """The Ray head: GCS, dashboard and job API; a new head after a lost one keeps the ports clients know."""
+        ports = self.state.setdefault("ports", {})
+        if "gcs" not in ports:
+            ports["gcs"], ports["dashboard"] = free_ports(2)
+        pid = self.launch("ray-head", [venv_bin("ray"), "start", "--head", "--block", f"--temp-dir={tmp / 'head'}",
+                                       "--num-cpus=0", f"--port={ports['gcs']}", "--dashboard-host=127.0.0.1",
+                                       f"--dashboard-port={ports['dashboard']}", "--include-dashboard=true",
+                                       *self._ray_ports()], self.node_env())
+        wait_for("the Ray head", lambda: len(self.ray_nodes()) >= 1, 120, self.log("ray-head"), pid)
+        out(f"  ray-head: {self.gcs_address}, dashboard and job API {self.dashboard_url} (0 CPUs)", flush=True)
 
     def _start_worker(self, name: str, tmp: Path, cpus: float, out) -> None:
         """One worker node joining the head; it waits until the head counts one node more."""
@@ -371,10 +375,16 @@ class LocalCluster:
             self._start_postgres(Path(self.state["tmp"]), out)
         elif name == "mlflow":
             self._start_mlflow(out)
+        elif name == "ray-head":
+            # A new head knows no nodes: workers left from the old one must go first.
+            stale = [w for w, pid in self.state["processes"].items() if w.startswith("ray-worker-") and alive(pid)]
+            if stale:
+                raise ClusterError(f"{', '.join(stale)} still run against the lost head: stop them first")
+            self._start_head(Path(self.state["tmp"]), out)
         elif name.startswith("ray-worker-"):
             self._start_worker(name, Path(self.state["tmp"]), float(self.state["cpus_per_worker"]), out)
         else:
-            raise ClusterError(f"{name} cannot be started alone (the head holds the cluster's state): `down`, then `up`")
+            raise ClusterError(f"no service {name!r}: postgres, mlflow, ray-head or ray-worker-N")
 
     def _recorded(self, name: str) -> int:
         """The pid up recorded for a service, or a ClusterError listing the names there are."""
@@ -476,7 +486,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sweeps.local_cluster", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=("up", "status", "down", "stop", "start"))
-    parser.add_argument("service", nargs="?", help="with stop/start: postgres, mlflow or ray-worker-N (a fault drill)")
+    parser.add_argument("service", nargs="?", help="with stop/start: postgres, mlflow, ray-head or ray-worker-N (a fault drill)")
     parser.add_argument("--dir", type=Path, default=None, help="the cluster's folder: database, artifacts, checkpoints, "
                         "logs, state (default runs/cluster)")
     parser.add_argument("--workers", type=int, default=2, help="Ray worker nodes (default 2)")
@@ -485,7 +495,7 @@ def main(argv=None) -> int:
     parser.add_argument("--kill", action="store_true", help="with stop: SIGKILL at once, as a crash would (default: SIGTERM, then SIGKILL)")
     args = parser.parse_args(argv)
     if (args.command in ("stop", "start")) != (args.service is not None):
-        parser.error("stop and start take one service (postgres, mlflow, ray-worker-N); the other commands none")
+        parser.error("stop and start take one service (postgres, mlflow, ray-head, ray-worker-N); the other commands none")
     cluster = LocalCluster(args.dir or default_dir())
     try:
         if args.command == "up":

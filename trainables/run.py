@@ -46,11 +46,11 @@ def print_progress(metrics: dict, state_dir=None) -> None:
     print("  " + "  ".join(f"{k}={v}" for k, v in shown.items()), flush=True)
 
 
-def run_local(cfg: TrialConfig, tracking: TrialTracking | None) -> Status:
-    """The same trial runner as the Ray paths, in this process; returns the trial's status."""
+def run_local(cfg: TrialConfig, tracking: TrialTracking | None, name: str | None = None) -> Status:
+    """The same trial runner as the Ray paths, in this process (name: for RCGM_INJECT_FAULTS); returns the trial's status."""
     from trainables.runner import Placement, run_trial, trial_device
 
-    outcome = run_trial(cfg, Placement(trial_device(cfg)), print_progress, tracking=tracking)
+    outcome = run_trial(cfg, Placement(trial_device(cfg)), print_progress, tracking=tracking, name=name)
     print(f"status: {outcome.status} {outcome.reason}".rstrip())
     print(f"samples picture: {outcome.picture}")
     return outcome.status
@@ -96,7 +96,7 @@ def main(argv=None) -> int:
         tracking = TrialTracking(uri, args.experiment, trial_key=name, run_name=name, tags=git_info())
     print(f"trial {name}: {cfg.task} order={cfg.order} kappa={cfg.kappa} steps={cfg.steps} ({'plain PyTorch' if args.local else 'Ray Train'})", flush=True)
     if args.local:
-        status = run_local(cfg, tracking)
+        status = run_local(cfg, tracking, name)
     else:
         status = run_on_ray(cfg, tracking, name, args.storage_path, args.address)
     if uri is not None:
