@@ -21,6 +21,7 @@ from sweeps.args import add_sweep_arguments  # noqa: E402
 from sweeps.launcher import EXIT_BAD_INPUT, SweepPlan, run_sweep, validate  # noqa: E402
 from sweeps.spaces import SEARCHES  # noqa: E402
 from trainables.cli import add_trial_arguments, trial_values_from_args  # noqa: E402
+from trainables.data.catalog import task_kind  # noqa: E402
 from trainables.locations import default_optuna_storage, default_storage_path, default_tracking_uri, runs_dir  # noqa: E402
 from trainables.preflight import BAD_INPUT  # noqa: E402
 from trainables.rcgm.errors import ConfigError  # noqa: E402
@@ -49,7 +50,12 @@ def plan_from_args(args: argparse.Namespace) -> SweepPlan:
     searched = {setting_of(name) for name in space.params}
     fixed = {k: v for k, v in FIXED_METHOD.items() if k not in searched}
     # A flag for a searched setting (--order with order_kappa) stays in values: the launcher refuses it.
-    values = {"cpus_per_worker": 0.99, **fixed, **space.trial, **trial_values_from_args(args)}
+    trial = dict(space.trial)
+    if args.task is not None and task_kind(args.task) != "points" and "task" not in trial:
+        # A toy space's evaluation size (1000 Moons points) is more than an image task holds out:
+        # the task's own default (auto) applies unless --eval-samples says otherwise.
+        trial.pop("eval_samples", None)
+    values = {"cpus_per_worker": 0.99, **fixed, **trial, **trial_values_from_args(args)}
     # Every report must carry the metric ASHA and TPE compare on: checkpoints only with evaluations (0 = auto).
     values["checkpoint_every"] = 0
     plan = SweepPlan(

@@ -157,7 +157,8 @@ class TrialConfig:
             raise ConfigError("model", self.model, f"{want} for the {kind} task {self.task!r}")
         self._check_method()
         if self.eval_samples == 0:
-            self._set("eval_samples", min(DEFAULT_EVAL_SAMPLES[kind], IMAGE_HELD_OUT.get(self.task, math.inf)))
+            self._set("eval_samples", min(DEFAULT_EVAL_SAMPLES[kind], IMAGE_HELD_OUT.get(self.task, math.inf),
+                                          latent_held_out(self.task) if kind == "latents" else math.inf))
         IntRange(2).check("eval_samples", self.eval_samples)
         if self.checkpoint_every == 0:
             self._set("checkpoint_every", self.eval_every)
@@ -266,6 +267,18 @@ class TrialConfig:
             else:
                 params[name] = ",".join(map(str, value)) if isinstance(value, tuple) else value
         return {k: str(v) for k, v in params.items()}
+
+
+def latent_held_out(task: str) -> float:
+    """How many rows a latents folder holds out for evaluation (inf when it cannot be read: the preflight says why)."""
+    from trainables.data.catalog import DatasetUnavailable
+    from trainables.data.latent_task import held_out_rows
+    from trainables.data.latents import LatentShards
+
+    try:
+        return held_out_rows(len(LatentShards(task[len(LATENT_PREFIX):])))
+    except (DatasetUnavailable, OSError, KeyError, ValueError):
+        return math.inf
 
 
 def _nfe_tuple(value, accepts) -> tuple[int, ...]:
