@@ -63,6 +63,21 @@ POSITIVE = RealRange(0.0, math.inf, low_open=True)
 NON_NEGATIVE = RealRange(0.0, math.inf)
 
 
+class EvalEmaSetting:
+    """0 (off), a per-step decay in (0, 1), or a half-life in training images (>= 1)."""
+
+    def check(self, name: str, value) -> float:
+        """value as a float if it is one of the three forms."""
+        try:
+            return NON_NEGATIVE.check(name, value)
+        except ConfigError:
+            raise ConfigError(name, value, self.describe()) from None
+
+    def describe(self) -> str:
+        """The accepted values in words (help text and errors)."""
+        return "0 (off), a decay per step in (0, 1) such as 0.9999, or a half-life in training images >= 1 such as 500000"
+
+
 @dataclass(frozen=True)
 class TrialConfig:
     """Everything that defines one trial; field names are the MLflow param names."""
@@ -109,6 +124,10 @@ class TrialConfig:
                          accepts=ranges.NFE)
     sample_style: str = setting("few", "multi-step sampling: few (re-noise), any (jump to next time), mul (Euler)",
                                 accepts=ranges.SAMPLE_STYLE)
+    eval_ema: float = setting(0.0, "also score an EMA of the weights kept for evaluation (not the target model): a "
+                              "half-life in training images, e.g. 500000 (the same for any batch size or worker "
+                              "count), or a decay per step, e.g. 0.9999; 0 = off",
+                              accepts=EvalEmaSetting(), track=Track.UNLESS_DEFAULT)
     image_metric: str = setting("fd", "image metric: fd (offline digit-classifier features) or fid (Inception weights)",
                                 accepts=Choice(("fd", "fid")), track=Track.LABELLED)
     checkpoint_every: int = setting(0, "checkpoint every this many steps", accepts=IntRange(0), track=Track.NEVER,

@@ -13,6 +13,8 @@ from trainables.status import Status
 
 # A metric this many times worse than the noise itself means the samples blew up.
 EXPLODE_FACTOR = 10.0
+# The eval EMA's metrics: `ema_fd_1nfe` beside the online `fd_1nfe` (best_ema_..., the dashboards' `ema_fd` family).
+EMA_PREFIX = "ema_"
 
 
 @dataclass
@@ -50,9 +52,11 @@ class Evaluator:
             ref, n = self.reference, self.cfg.eval_samples
             return (lambda x: mmd2(x, ref)), f"{MMD_DESCRIPTION}; {n} samples vs {n} held-out points"
         if self.cfg.kind == "latents":
-            from trainables.metrics.frechet import latent_frechet_scorer
+            from trainables.metrics.decoded import latent_task_scorer
 
-            return latent_frechet_scorer(self.reference, f"{self.task.name} held-out tail")
+            # A folder with a VAE scores decoded images (fd / fid); the family follows what is scored.
+            score, description, self.family = latent_task_scorer(self.task, self.reference, self.device)
+            return score, description
         from trainables.metrics.frechet import FrechetScorer
 
         scorer = FrechetScorer(self.cfg.image_metric, self.reference)
@@ -65,8 +69,8 @@ class Evaluator:
         return float(self._scorer(samples.detach().cpu()))
 
     @torch.no_grad()
-    def evaluate(self, model: torch.nn.Module, step: int) -> Evaluation:
-        """Sample at every NFE, score, update best-so-far and judge the trial's health."""
+    def measure(self, model: torch.nn.Module, prefix: str = "") -> tuple[dict[str, float], dict[int, torch.Tensor]]:
+        """Sample at every NFE from the fixed noise and score; names start with prefix (EMA_PREFIX for the eval EMA)."""
         was_training = model.training
         model.eval()
         gen = torch.Generator()
@@ -76,13 +80,23 @@ class Evaluator:
         metrics, samples = {}, {}
         for k in self.cfg.nfe:
             x = sample(model, z, k, style=self.cfg.sample_style, y=y, generator=gen).cpu()
-            name = f"{self.family}_{k}nfe"
+            name = f"{prefix}{self.family}_{k}nfe"
             metrics[name] = self.score(x)
             samples[k] = x
             if math.isfinite(metrics[name]):
                 self.best[name] = min(self.best.get(name, math.inf), metrics[name])
         model.train(was_training)
+        return metrics, samples
+
+    def evaluate(self, model: torch.nn.Module, step: int, eval_ema: torch.nn.Module | None = None) -> Evaluation:
+        """Score the online model (and the eval EMA's weights), update best-so-far, judge the trial's health.
+
+        Health is the online model's: the objective trains it, and an average can hide a divergence.
+        """
+        metrics, samples = self.measure(model)
         status, reason = self.health(metrics, step)
+        if eval_ema is not None:
+            metrics.update(self.measure(eval_ema, EMA_PREFIX)[0])
         return Evaluation(step, metrics, samples, status, reason)
 
     def health(self, metrics: dict[str, float], step: int) -> tuple[Status, str]:

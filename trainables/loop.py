@@ -10,6 +10,7 @@ from trainables import acceleration
 from trainables.config import TrialConfig
 from trainables.cost import measure_step_cost
 from trainables.data import load_task
+from trainables.eval_ema import EvalEMA
 from trainables.models import build_model
 from trainables.rcgm.registry import build_objective
 from trainables.rcgm.schedules import build_time_schedule
@@ -55,6 +56,8 @@ class Trainer:
         self.model = build_model(cfg.model, self.task.shape, self.task.num_classes,
                                  attention=self.attention).to(self.device)
         self.target = TargetModel(self.model, cfg.kappa)
+        # Every rank keeps it (DDP keeps the online weights equal), so any rank's checkpoint is whole.
+        self.eval_ema = EvalEMA(self.model, cfg.eval_ema, cfg.batch_size) if cfg.eval_ema else None
         self.objective = build_objective(
             cfg.objective, order=cfg.order, delta_t=cfg.delta_t, clip=cfg.clip, placement=cfg.placement,
             guidance=cfg.guidance, num_classes=self.task.num_classes, label_dropout=cfg.label_dropout,
@@ -96,19 +99,24 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         self.optimizer.step()
         self.target.update(self.model)
+        if self.eval_ema is not None:
+            self.eval_ema.update(self.model)
         self.step += 1
         value = float(loss.detach())
         return value if math.isfinite(value) else float("nan")
 
     def state_dict(self) -> dict:
         """Everything a resumed trial needs to continue bit-for-bit from this step."""
-        return {
+        state = {
             "model": self.model.state_dict(),
             "target": self.target.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "step": self.step,
             "generator": self.generator.get_state(),
         }
+        if self.eval_ema is not None:
+            state["eval_ema"] = self.eval_ema.state_dict()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         """Restore a state saved by state_dict()."""
@@ -116,5 +124,9 @@ class Trainer:
         self.target.load_state_dict(state["target"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = int(state["step"])
+        if self.eval_ema is not None:
+            if "eval_ema" not in state:
+                raise ValueError("checkpoint has no eval_ema state: it was saved by a trial with --eval-ema 0")
+            self.eval_ema.load_state_dict(state["eval_ema"])
         # get_state() is a CPU byte tensor for any generator; map_location may have moved it.
         self.generator.set_state(state["generator"].cpu())

@@ -42,6 +42,8 @@ class Rank0:
         tags = {f"metric_definition.{self.evaluator.family}": self.evaluator.description,
                 # Which process ran the loop: with reused Tune actors one process runs several trials.
                 "rcgm.process": f"{socket.gethostname()}:{os.getpid()}", **self.run_tags()}
+        if self.trainer.eval_ema is not None:
+            tags["rcgm.eval_ema"] = self.trainer.eval_ema.description
         self.tracker.start(self.cfg.tracking_params(), tags)
         first = {} if resumed_from is None else {"resumed_from_step": resumed_from}
         if self.trainer.cost is not None:
@@ -72,7 +74,8 @@ class Rank0:
         from trainables.pictures import render_samples
 
         speed = self._training_rates(window)
-        ev = self.evaluator.evaluate(self.trainer.model, step)
+        ema = self.trainer.eval_ema
+        ev = self.evaluator.evaluate(self.trainer.model, step, ema.module if ema is not None else None)
         if self.trainer.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.trainer.device)  # the next window measures training, not sampling
         self.last_picture = self.pictures / f"step_{step:07d}.png"

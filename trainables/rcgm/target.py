@@ -7,7 +7,7 @@ import torch
 from trainables.rcgm import ranges
 
 
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The bare module under a DistributedDataParallel wrapper (a wrapper must not be copied)."""
     if isinstance(model, torch.nn.parallel.DistributedDataParallel):
         return model.module
@@ -31,7 +31,7 @@ class TargetModel:
         self.kappa = check_kappa(kappa)
         self.decay = 0.0  # the decay c the next update uses; c = 0 makes the first update a copy
         self.num_updates = 0
-        online = _unwrap(online)
+        online = unwrap(online)
         if self.kappa == 0.0:
             # No copy at all: the target *is* the online weights (forwards run under no_grad).
             self._module = online
@@ -46,7 +46,7 @@ class TargetModel:
     @torch.no_grad()
     def update(self, online: torch.nn.Module) -> None:
         """Move the target toward the online weights; call once per step, after optimizer.step()."""
-        online = _unwrap(online)
+        online = unwrap(online)
         self.num_updates += 1
         if self.kappa == 0.0:
             self._module = online
