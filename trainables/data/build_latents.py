@@ -11,6 +11,7 @@ from torch import nn
 
 from trainables.data.catalog import DatasetUnavailable
 from trainables.data.latents import LatentWriter
+from trainables.data.vae import VAEUnavailable, load_autoencoder, resolve_source, vae_record, weights_sha256
 from trainables.rcgm.errors import ConfigError
 
 BUNDLED_IMAGES = ("mnist", "digits")
@@ -36,29 +37,35 @@ class TinyEncoder(nn.Module):
 
 
 class DiffusersEncoder(nn.Module):
-    """diffusers AutoencoderKL: latents = posterior mean (deterministic), unscaled."""
+    """diffusers AutoencoderKL: latents = posterior mean (deterministic), unscaled; .record(shape) is the folder's `vae`."""
 
     def __init__(self, name_or_path: str):
         super().__init__()
+        self.source = resolve_source(name_or_path)
         try:
-            from diffusers import AutoencoderKL
-        except ImportError:
+            # Only a local folder is loaded without the Hub, so an offline run fails fast, not on retries.
+            self.vae = load_autoencoder(self.source, local_files_only=Path(self.source).is_absolute())
+        except VAEUnavailable as err:
             raise EncoderUnavailable(
-                f"encoder {name_or_path!r} needs the diffusers package: `pip install diffusers`; "
-                "offline, use --encoder identity or --encoder tiny") from None
-        local = Path(name_or_path).exists()
-        try:
-            # Only a local folder is tried without the Hub, so an offline run fails fast, not on retries.
-            self.vae = AutoencoderKL.from_pretrained(name_or_path, local_files_only=local).eval().requires_grad_(False)
-        except Exception as err:  # diffusers raises several unrelated types for a missing model
-            raise EncoderUnavailable(
-                f"could not load AutoencoderKL {name_or_path!r} ({type(err).__name__}: {err}). Give a local folder "
-                "with config.json and weights (e.g. a saved stabilityai/sd-vae-ft-ema), or run where the "
-                "Hugging Face Hub is reachable") from None
+                f"encoder {name_or_path!r}: {err}. Give a local folder with config.json and weights (e.g. a saved "
+                "stabilityai/sd-vae-ft-ema) or run where the Hugging Face Hub is reachable; offline, use "
+                "--encoder identity or --encoder tiny") from None
+        self.in_channels = int(self.vae.config.in_channels)
+        self.sha256 = weights_sha256(self.vae)
+
+    def check_channels(self, channels: int) -> None:
+        """Refuse images this VAE cannot take: grey goes to an RGB VAE as RGB, nothing else is converted."""
+        if channels != self.in_channels and not (channels == 1 and self.in_channels == 3):
+            raise ConfigError("encoder", self.source, f"an AutoencoderKL taking {channels}-channel images "
+                                                      f"(this one takes {self.in_channels})")
+
+    def record(self, image_shape: tuple) -> dict:
+        """The `vae` entry of the folder's metadata (trainables.data.vae reads it to decode)."""
+        return vae_record(self.vae, self.source, self.sha256, image_shape)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[1] == 1:
-            x = x.repeat(1, 3, 1, 1)  # VAEs expect RGB
+        if x.shape[1] == 1 and self.in_channels == 3:
+            x = x.repeat(1, 3, 1, 1)  # an RGB VAE sees a grey digit as three equal channels
         return self.vae.encode(x).latent_dist.mean
 
 
@@ -68,7 +75,8 @@ def build_encoder(name: str, in_channels: int) -> tuple[nn.Module, str]:
         return nn.Identity(), "identity (pixels in [-1, 1])"
     if name == "tiny":
         return TinyEncoder(in_channels), "tiny (fixed random conv 4x4 stride 2 -> 4 channels, tanh, seed 0)"
-    return DiffusersEncoder(name), f"diffusers AutoencoderKL {name} (posterior mean, unscaled)"
+    enc = DiffusersEncoder(name)
+    return enc, f"diffusers AutoencoderKL {enc.source} (posterior mean, unscaled; weights sha256 {enc.sha256[:12]})"
 
 
 def load_images(source: str, size: int | None) -> tuple[torch.Tensor, torch.Tensor, int | None, str]:
@@ -96,12 +104,16 @@ def build(images: str, encoder: str, out: str, shard_size: int, dtype: str = "fl
     heavy = None if encoder in ("identity", "tiny") else build_encoder(encoder, 3)
     x, y, num_classes, source = load_images(images, size)
     enc, enc_text = heavy or build_encoder(encoder, x.shape[1])
+    vae = None
+    if isinstance(enc, DiffusersEncoder):
+        enc.check_channels(x.shape[1])
+        vae = enc.record(tuple(x.shape[1:]))
     # Shuffle before sharding so every shard is a fair sample: readers stream shard by shard.
     order = torch.from_numpy(np.random.default_rng(seed).permutation(len(x)))
     with torch.no_grad():
         shape = tuple(enc(x[:1].float() / 127.5 - 1).shape[1:])
     writer = LatentWriter(out, shape, dtype, shard_size, overwrite=overwrite,
-                          info={"encoder": enc_text, "source": source, "num_classes": num_classes, "shuffle_seed": seed})
+                          info={"encoder": enc_text, "vae": vae, "source": source, "num_classes": num_classes, "shuffle_seed": seed})
     start = time.monotonic()
     for i, idx in enumerate(order.split(batch)):
         with torch.no_grad():

@@ -14,6 +14,10 @@ the stored dtype (float16 or float32): about train_rows / world_size * C*H*W * 2
 float16, plus the labels; while reading, one more shard's columns are held. The first
 reference() reads the held-out rows. Batches are cast to float32 and normalised per channel with
 the stored mean / std on the way out.
+
+Decoding: a folder built with a diffusers AutoencoderKL records it (trainables.data.vae);
+decoder() loads that VAE on first use, checks its weights against the record, and turns the
+task's normalised latents (samples, held-out rows) back into images.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import torch
 from trainables.data.catalog import LATENT_PREFIX, DatasetUnavailable
 from trainables.data.latents import LatentShards, epoch_permutation
 from trainables.data.pools import DevicePool
+from trainables.data.vae import LatentDecoder, load_decoder
 from trainables.rcgm.errors import ConfigError
 
 HELD_OUT_DIVISOR = 8  # 1/8 held out: the bundled MNIST pool (4500 rows) then holds out 562 >= 500 eval samples
@@ -112,6 +117,7 @@ class LatentTask:
         self.indices = np.sort(epoch_permutation(self.train_rows, seed, 0)[rank::world_size])
         self.reference_indices = np.arange(self.train_rows, rows)
         self._train = self._held = None
+        self._decoder: LatentDecoder | None = None
         meta = self.shards.meta
         self.description = (
             f"latents {self.shards.path} ({meta.get('encoder', '?')} on {meta.get('source', '?')}; {self.shape} "
@@ -155,3 +161,15 @@ class LatentTask:
         x, y = self._held
         idx = torch.randperm(len(x), generator=generator)[:n]
         return self.shards.normalize(x[idx].float()), self._labels(y[idx])
+
+    def decoder(self, device="cpu") -> LatentDecoder | None:
+        """The folder's VAE decoder on device, loaded and its weights checked once; None when no VAE made the folder.
+
+        Raises VAEUnavailable (diffusers or the weights missing here: score in latent space) or
+        VAEChanged (the weights differ from the ones that encoded the folder: refuse the task).
+        """
+        if self.shards.vae is None:
+            return None
+        if self._decoder is None:
+            self._decoder = load_decoder(self.shards)
+        return self._decoder.to(device)

@@ -6,7 +6,9 @@ Layout of a latent directory (written by LatentWriter, read by LatentShards):
   `latent` (fixed_size_list<float16|float32>[C*H*W]); each shard's schema metadata carries
   `rcgm.latents` = JSON {version, shape, dtype, rows}.
 - `_common_metadata`: the Parquet convention for a dataset-wide schema; its `rcgm.latents`
-  JSON adds the per-channel `mean` / `std` over all rows, the encoder, source and row count.
+  JSON adds the per-channel `mean` / `std` over all rows, the encoder, source and row count,
+  and `vae`: the AutoencoderKL that made the latents (trainables.data.vae: source, scaling
+  factor, weights sha256, image shape), null for identity / tiny and absent in older folders.
   It is written last, so a directory without it is an interrupted build and is refused.
 
 Rows are shuffled before sharding (by the builder), so one shard is a fair sample and the last
@@ -131,6 +133,8 @@ class LatentShards:
         self.mean = torch.tensor(self.meta["mean"], dtype=torch.float32)
         self.std = torch.tensor(self.meta["std"], dtype=torch.float32)
         self.num_classes = self.meta.get("num_classes")
+        # Folders built before the VAE record existed have no key: they read as having no decoder.
+        self.vae = self.meta.get("vae")
 
     def __len__(self) -> int:
         return int(self.meta["rows"])
@@ -150,6 +154,12 @@ class LatentShards:
         # The statistics live on the CPU; a GPU trial's batches are drawn on the GPU (data.pools).
         mean, std = self.mean.to(x.device), self.std.to(x.device)
         return (x - mean.view(view)) / std.clamp_min(1e-8).view(view)
+
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        """The inverse of normalize: back to the latents as stored."""
+        view = (1, -1) + (1,) * (len(self.shape) - 1)
+        mean, std = self.mean.to(x.device), self.std.to(x.device)
+        return x * std.clamp_min(1e-8).view(view) + mean.view(view)
 
     def read_all(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Every (latent, label) in index order (small datasets and tests)."""
