@@ -77,6 +77,7 @@ def test_shards_record_the_vae_that_made_them(mnist_folder, tmp_path):
     tiny = tmp_path / "tiny"
     build("digits", "tiny", str(tiny), shard_size=2000, log=lambda *_: None)
     assert LatentShards(tiny).vae is None and latent_metric_family(tiny) == "fld"
+    assert latent_metric_family(tmp_path / "nope") == "fld"  # unreadable: the preflight refuses it, saying why
 
 
 def test_the_weights_hash_follows_the_weights(tmp_path):

@@ -110,16 +110,21 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n)
 
 
+def read_metadata(path: str | Path) -> dict:
+    """A latent directory's dataset-wide metadata (`_common_metadata` only: no shard is opened)."""
+    common = Path(path) / "_common_metadata"
+    if not common.is_file():
+        raise DatasetUnavailable(f"{path}: no _common_metadata (not a latent directory, or an interrupted "
+                                 "build): run python -m trainables.data.build_latents again")
+    return json.loads(pq.read_schema(common).metadata[META_KEY])
+
+
 class LatentShards:
     """Reader for a latent directory: metadata, row offsets per shard, and whole-shard reads."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        common = self.path / "_common_metadata"
-        if not common.is_file():
-            raise DatasetUnavailable(f"{self.path}: no _common_metadata (not a latent directory, or an interrupted "
-                                     "build): run python -m trainables.data.build_latents again")
-        self.meta = json.loads(pq.read_schema(common).metadata[META_KEY])
+        self.meta = read_metadata(self.path)
         if self.meta["version"] != FORMAT_VERSION:
             raise DatasetUnavailable(f"{self.path}: latent format v{self.meta['version']}, this code reads v{FORMAT_VERSION}")
         self.files = sorted(self.path.glob("shard-*.parquet"))

@@ -10,6 +10,10 @@ missing here) it stays `fld`, and the description says why.
 
 from __future__ import annotations
 
+from pyarrow import ArrowException
+
+from trainables.data.catalog import DatasetUnavailable
+from trainables.data.latents import read_metadata
 from trainables.data.vae import VAEUnavailable, missing_reason
 from trainables.metrics.frechet import FD_TASKS, FrechetScorer, latent_frechet_scorer
 
@@ -20,14 +24,16 @@ def image_family(image_shape: tuple) -> str:
 
 
 def latent_metric_family(folder) -> str:
-    """fd / fid when the folder's VAE can be loaded here, fld otherwise (read from metadata: no weights loaded).
+    """fd / fid when the folder's VAE can be loaded here, fld otherwise; reads only the folder's metadata.
 
-    The evaluator reaches the same verdict by loading the VAE; the two differ only for a weights
-    file present but unreadable, and then the evaluator's family (fld) is the one its numbers carry.
+    A folder that cannot be read is fld too: the preflight refuses it, saying why. The evaluator
+    reaches the same verdict by loading the VAE; the two differ only for weights present but
+    unreadable, and then the evaluator's family (fld) is the one its numbers carry.
     """
-    from trainables.data.latents import LatentShards
-
-    record = LatentShards(folder).vae
+    try:
+        record = read_metadata(folder).get("vae")
+    except (DatasetUnavailable, OSError, ValueError, KeyError, TypeError, ArrowException):
+        return "fld"
     if record is None or missing_reason(record["source"]):
         return "fld"
     return image_family(record["image_shape"])
