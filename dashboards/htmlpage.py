@@ -21,6 +21,7 @@ table { border-collapse: collapse; font-size: 12px; margin: 8px 0; }
 th, td { border: 1px solid #ccc; padding: 3px 6px; text-align: right; }
 th { background: #f4f4f4; } td.text { text-align: left; }
 .note { color: #555; font-size: 13px; }
+td.best { font-weight: bold; background: #dff0d8; }
 .meta { font-size: 13px; }
 """
 
@@ -55,18 +56,23 @@ def heading(text: str, level: int = 2) -> str:
     return f"<h{level}>{esc(text)}</h{level}>"
 
 
-def table(rows: list[dict], columns: list[str] | None = None) -> str:
-    """A plain table of dict rows; text cells left-aligned, numbers right-aligned."""
+def table(rows: list[dict], columns: list[str] | None = None, marked: set[tuple[int, str]] | None = None) -> str:
+    """A plain table of dict rows; text cells left-aligned, numbers right-aligned.
+
+    marked: (row index, column) of cells to highlight, e.g. the best sampler setting.
+    """
     if not rows:
         return paragraph("(no rows)")
     columns = columns or list(rows[0])
+    marked = marked or set()
     head = "".join(f"<th>{esc(c)}</th>" for c in columns)
     body = []
-    for row in rows:
+    for i, row in enumerate(rows):
         cells = []
         for c in columns:
             value = row.get(c)
-            cls = ' class="text"' if isinstance(value, str) else ""
+            classes = " ".join(name for name, on in (("text", isinstance(value, str)), ("best", (i, c) in marked)) if on)
+            cls = f' class="{classes}"' if classes else ""
             cells.append(f"<td{cls}>{esc(fmt(value))}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     return f"<table><tr>{head}</tr>{''.join(body)}</table>"
