@@ -3,8 +3,8 @@
 A folder built with a diffusers AutoencoderKL records it in `_common_metadata` under `vae`:
 `source` (the hub id, or the local folder as an absolute path), `scaling_factor` (the VAE
 config's), `weights_sha256` (weights_sha256 below), `image_shape` (the encoded images' C, H, W)
-and `latents` (what was stored: the posterior mean, unscaled). Identity and tiny folders, and
-folders built before the record existed, have no `vae` and no decoder.
+and `latents` (what was stored: the posterior mean, unscaled). Identity and tiny folders record
+`vae: null`, folders built before the record existed have no key; neither has a decoder.
 
 Decoding undoes what the task did on the way in: LatentTask hands out latents normalised per
 channel with the folder's mean / std, so they are un-normalised first. The stored latents are
