@@ -26,6 +26,7 @@ from dashboards.heatmaps import KINDS, heatmap_figure, kind_column, unplaced_not
 from dashboards.ordering import check_ordering
 from dashboards.paper_panel import paper_figure
 from dashboards.paper_values import IMAGENET_NOTE, MMD_CAVEAT, SOURCE
+from dashboards.sampler_table import report_blocks as sampler_blocks
 from trainables import cost_schema
 
 ARTIFACT_DIR = "report"
@@ -186,6 +187,9 @@ def _sweep_blocks(table, history, col, sweep, out, multi, files) -> list[str]:
         blocks.append(H.paragraph("no order param: no kappa x order view for this sweep"))
     metric = kind_column("final", *C.metric_columns(table)[0]) if C.metric_columns(table) else None
     blocks += [H.heading("Trials", 3), H.table(_trial_rows(table, metric))]
+    # Trials whose checkpoints sweeps/sample_grid.py scored at other sampler settings: their tables and heatmaps.
+    trials = dict(zip(table.column("run_id").to_pylist(), table.column("run_name").to_pylist()))
+    blocks += sampler_blocks(col.tracking_uri, table.column("experiment_id")[0].as_py(), trials, out, prefix, files)
     return blocks
 
 

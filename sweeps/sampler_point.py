@@ -37,7 +37,6 @@ class TrialCheckpoint:
     run_name: str
     checkpoint: str  # state.pt on the driver's disk; a point on another node downloads its own copy
     step: int  # the checkpoint's training step
-    family: str  # the trial's metric family: mmd2, fd, fid, fld
     commit: str  # the git commit that trained it
 
     @property
@@ -206,7 +205,7 @@ def run_point(spec: PointSpec) -> tuple[float, Status]:
         tracker.start(spec.params(), spec.tags())
         tracker.finish(Status.FAILED, f"{type(err).__name__}: {err}"[:500])
         raise
-    family = spec.trial.family
+    family = ctx.evaluator.family  # the Evaluator's: a latent folder with a VAE scores decoded images (fd, fid)
     tags = {**spec.tags(), f"metric_definition.{family}": ctx.evaluator.description, "rcgm.device": str(ctx.device)}
     tracker.start(spec.params(), tags)
     status = Status.FINISHED if math.isfinite(value) else Status.DIVERGED

@@ -84,7 +84,7 @@ def fetch(uri: str, run, folder: Path, samples: int | None) -> Selected:
     cfg = sampling_config(state["config"], samples)
     experiment = client.get_experiment(run.info.experiment_id).name
     trial = TrialCheckpoint(uri, experiment, run_id, run.info.run_name or run_id, str(path), int(state["trainer"]["step"]),
-                            cfg.metric_family, run.data.tags.get("git.commit", "unknown"))
+                            run.data.tags.get("git.commit", "unknown"))
     return Selected(trial, cfg, "eval_ema" in state["trainer"])
 
 
