@@ -155,6 +155,11 @@ def test_a_folder_whose_vae_changed_is_refused_in_one_line(tmp_path):
     # A refusal, not a silent fall back to latent space.
     with pytest.raises(VAEChanged):
         latent_task_scorer(task, task.reference(16)[0])
+    # And by every entry point before any compute: exit 2, one line (trainables.preflight).
+    proc = run_cli(["-m", "trainables.run", "--local", "--no-track", "--task", f"latents:{out}",
+                    "--steps", "1"], timeout=300)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "rebuild the folder" in proc.stderr and "step=" not in proc.stdout
 
 
 def test_missing_vae_weights_fall_back_to_latent_space_with_the_reason(tmp_path):

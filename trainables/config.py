@@ -236,9 +236,15 @@ class TrialConfig:
 
     @property
     def metric_family(self) -> str:
-        """The sample-quality metric family this trial reports: mmd2, fd, fid, or fld (latents)."""
+        """The sample-quality metric family this trial reports: mmd2, fd, fid, or for latents fld.
+
+        A latents folder built with a VAE is scored in image space, fd or fid by the decoded
+        shape, when that VAE loads here (trainables.metrics.decoded); image_metric is then unused.
+        """
         if self.kind == "latents":
-            return "fld"
+            from trainables.metrics.decoded import latent_metric_family
+
+            return latent_metric_family(self.task[len(LATENT_PREFIX):])
         return "mmd2" if self.kind == "points" else self.image_metric
 
     @property

@@ -40,6 +40,12 @@ def _check(cfg: TrialConfig) -> None:
     check_guidance(cfg.guidance, cfg.label_dropout, conditional=task.num_classes is not None)
     if cfg.kind == "latents":
         check_latent_grid(cfg, task.shape)
+        from trainables.data.vae import VAEUnavailable
+
+        try:
+            task.decoder()  # a VAE changed since the folder was built is refused here (VAEChanged)
+        except VAEUnavailable:
+            pass  # scored as fld in latent space; the metric_definition tag says why
     if cfg.kind == "images" and cfg.image_metric == "fid":
         from trainables.metrics.frechet import resolve_fid_weights
 
