@@ -126,11 +126,41 @@ def test_weights_are_the_online_target_or_eval_ema_networks():
         assert weights_of(with_ema, "ema") is with_ema.eval_ema.module
 
 
+def test_a_point_on_a_class_conditional_model_guides_with_its_labels():
+    from sweeps.sampler_point import Loaded, score
+    from sweeps.sampler_space import SamplerSetting
+    from trainables.config import TrialConfig
+    from trainables.evaluation import Evaluator
+    from trainables.loop import Trainer
+
+    torch.set_num_threads(1)
+    cfg = TrialConfig(task="digits", model="DiT-XS/4", guidance=0.5, steps=30, batch_size=32, eval_samples=100, nfe=(1,))
+    trainer = Trainer(cfg)
+    for _ in range(cfg.steps):  # the DiT starts at F = 0, where every w gives the same samples
+        trainer.train_step()
+    evaluator = Evaluator(cfg, trainer.task, "cpu")
+    ctx = Loaded(trainer.model.eval(), evaluator, trainer.task.num_classes, torch.device("cpu"))
+    fd = {w: score(ctx, SamplerSetting(1, "few", (1.0, 0.0), None, w)) for w in (0.0, 1.0, 2.0)}
+    assert fd[1.0] == evaluator.evaluate(trainer.model, cfg.steps).metrics["fd_1nfe"]  # w = 1: the trial's own number
+    assert len(set(fd.values())) == 3 and all(v > 0 for v in fd.values()), fd
+
+
 # ---- the command -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("flags,flag", [
+    (["--weights", "best"], "--weights"), (["--samples", "1"], "--samples"), (["--cpus-per-point", "0"], "--cpus-per-point"),
+    (["--gpus-per-point", "-1"], "--gpus-per-point"), (["--guidance", "1,x"], "--guidance"),
+])
+def test_bad_options_name_their_flag(flags, flag):
+    from sweeps.sample_grid import check_flags, parse_args
+
+    with pytest.raises(ConfigError) as err:
+        check_flags(parse_args(["--run", "0123abcd", *flags]))
+    assert err.value.flag == flag, str(err.value)
+
 
 @pytest.mark.parametrize("flags,needle", [
     (["--nfe", "0"], "--nfe"),
-    (["--weights", "best"], "--weights"),
     (["--tracking-uri", "sqlite:////nonexistent/store/mlflow.db"], "no MLflow database"),
 ])
 def test_bad_flags_are_refused_before_ray_starts(flags, needle, tmp_path):
