@@ -63,6 +63,17 @@ def parse_nfe_key(key: str) -> tuple[str, int] | None:
     return (m["family"], int(m["nfe"])) if m else None
 
 
+# The eval EMA's families: `ema_fd` beside `fd` (trainables.evaluation.EMA_PREFIX; tests/test_eval_ema.py checks they agree).
+EMA_PREFIX = "ema_"
+
+
+def family_title(family: str) -> str:
+    """A family as a report heading says it: which weights were scored."""
+    if family.startswith(EMA_PREFIX):
+        return f"{family} (the eval EMA's weights)"
+    return family
+
+
 def metric_key(family: str, nfe: int) -> str:
     """The MLflow metric key of a family at an NFE."""
     return f"{family}_{nfe}nfe"

@@ -122,7 +122,7 @@ def _grid_section(table, history, out: Path, prefix: str, files: list[Path]) -> 
     for family, nfes in _families(table).items():
         path = save(heatmap_figure(table, family, nfes), out / f"{prefix}heatmap_{family}.png")
         files.append(path)
-        blocks += [H.heading(f"{family}: kappa x order", 3), H.image(path, f"heatmap {family}"),
+        blocks += [H.heading(f"{C.family_title(family)}: kappa x order", 3), H.image(path, f"heatmap {family}"),
                    H.table(_number_rows(table, family, nfes))]
         note = unplaced_note(build_grid(table, kind_column("final", family, nfes[0])))
         if note:

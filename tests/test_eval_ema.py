@@ -95,6 +95,14 @@ def test_a_checkpoint_of_another_setting_is_refused():
 
 
 @pytest.mark.parametrize("value", [-1, float("inf"), float("nan"), "fast"])
+def test_the_dashboards_name_the_eval_ema_families_as_the_trials_write_them():
+    from dashboards import columns
+
+    assert columns.EMA_PREFIX == EMA_PREFIX
+    assert columns.parse_nfe_key(f"{EMA_PREFIX}fd_1nfe") == (f"{EMA_PREFIX}fd", 1)
+    assert "eval EMA" in columns.family_title(f"{EMA_PREFIX}fd") and columns.family_title("fd") == "fd"
+
+
 def test_bad_settings_are_refused_naming_the_flag(value):
     with pytest.raises(ConfigError, match="--eval-ema"):
         TrialConfig(eval_ema=value)
