@@ -94,7 +94,6 @@ def test_a_checkpoint_of_another_setting_is_refused():
         _trainer().load_state_dict(other.state_dict())
 
 
-@pytest.mark.parametrize("value", [-1, float("inf"), float("nan"), "fast"])
 def test_the_dashboards_name_the_eval_ema_families_as_the_trials_write_them():
     from dashboards import columns
 
@@ -103,6 +102,7 @@ def test_the_dashboards_name_the_eval_ema_families_as_the_trials_write_them():
     assert "eval EMA" in columns.family_title(f"{EMA_PREFIX}fd") and columns.family_title("fd") == "fd"
 
 
+@pytest.mark.parametrize("value", [-1, float("inf"), float("nan"), "fast"])
 def test_bad_settings_are_refused_naming_the_flag(value):
     with pytest.raises(ConfigError, match="--eval-ema"):
         TrialConfig(eval_ema=value)
