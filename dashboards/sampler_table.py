@@ -200,6 +200,13 @@ def trial_markdown(tracking_uri: str, trial_run_id: str) -> str:
     return "\n".join(out).rstrip() + "\n"
 
 
+def trial_summary(tracking_uri: str, trial_run_id: str) -> str:
+    """One line per table of a trial's points: its name, run id and best setting."""
+    trial, points = _trial_and_points(tracking_uri, trial_run_id)
+    return "".join(f"{trial.info.run_name} ({trial_run_id}): {t.family}, {t.weights} weights, {t.samples} samples, "
+                   f"{t.best_text()}\n" for t in point_tables(points))
+
+
 def _trial_and_points(tracking_uri: str, trial_run_id: str):
     """The trial's run and its sampler points; a one-line DashboardError when there is no such run or no point."""
     client = client_for(tracking_uri)

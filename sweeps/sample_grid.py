@@ -153,12 +153,12 @@ def run_points(points: list, args: argparse.Namespace) -> tuple[int, int]:
         restore()
     if results.num_terminated + results.num_errors < len(points):
         raise KeyboardInterrupt  # Tune caught Ctrl-C / SIGTERM and returned early
-    return results.num_terminated - results.num_errors, results.num_errors
+    return results.num_terminated, results.num_errors
 
 
 def write_tables(uri: str, selected: list, show_tables: bool) -> None:
     """Each trial's HTML page and heatmap (on disk and in its run's artifacts) and its Markdown table or best line."""
-    from dashboards.sampler_table import ARTIFACT_DIR, point_tables, sampler_points, trial_markdown, write_trial_page
+    from dashboards.sampler_table import ARTIFACT_DIR, trial_markdown, trial_summary, write_trial_page
 
     for s in selected:
         t = s.trial
@@ -167,18 +167,8 @@ def write_tables(uri: str, selected: list, show_tables: bool) -> None:
         except DashboardError as err:
             print(f"{t.run_name}: {err}")
             continue
-        if show_tables:
-            print("\n" + trial_markdown(uri, t.run_id), end="")
-        else:
-            points = sampler_points(uri, _experiment_id(uri, t.run_id), [t.run_id])
-            print(f"{t.run_name} ({t.run_id}): " + "; ".join(tab.best_text() for tab in point_tables(points)))
+        print("\n" + trial_markdown(uri, t.run_id) if show_tables else trial_summary(uri, t.run_id), end="")
         print(f"sampler page: {page}\n  (also in MLflow run {t.run_id}, artifacts {ARTIFACT_DIR}/sampler.html)")
-
-
-def _experiment_id(uri: str, run_id: str) -> str:
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(uri).get_run(run_id).info.experiment_id
 
 
 def sweep_report(uri: str, experiment: str, sweep: str) -> str:
