@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import socket
 
 import numpy as np
@@ -12,7 +13,7 @@ import torch
 import torch.multiprocessing as mp
 
 from trainables.metrics import sharded
-from trainables.metrics.feature_stats import FeatureStats, cached_stats, frechet_distance, images_sha256
+from trainables.metrics.feature_stats import FeatureStats, cached_stats, file_sha256, frechet_distance, images_sha256
 from trainables.metrics.frechet import feature_stats
 from trainables.metrics.sharded import CHUNK_SIZE, SamplePlan, chunks_for_rank, rank_chunk_stats, reduce
 from trainables.rcgm.errors import ConfigError
@@ -92,6 +93,19 @@ def test_bad_statistics_are_refused():
 # --------------------------------------------------------------------------------------------
 # The reference-statistics cache
 # --------------------------------------------------------------------------------------------
+
+def test_file_sha256_is_cached_by_path_size_and_mtime(tmp_path):
+    path = tmp_path / "weights.bin"
+    path.write_bytes(b"a" * 1000)
+    first = file_sha256(path)
+    assert first == hashlib.sha256(b"a" * 1000).hexdigest()
+    stamp = path.stat().st_mtime_ns
+    path.write_bytes(b"b" * 1000)  # same size, and the old mtime put back: the cached digest is served
+    os.utime(path, ns=(stamp, stamp))
+    assert file_sha256(path) == first
+    path.write_bytes(b"b" * 1001)  # a new size (and mtime): hashed again
+    assert file_sha256(path) == hashlib.sha256(b"b" * 1001).hexdigest()
+
 
 def digits_like(n: int, seed: int) -> torch.Tensor:
     return torch.rand(n, 1, 8, 8, generator=torch.Generator().manual_seed(seed)) * 2 - 1

@@ -25,11 +25,14 @@ N = 48  # images per set in the ordering test
 
 @pytest.fixture(scope="module", autouse=True)
 def private_cache(tmp_path_factory):
-    """A fresh statistics cache for this module, so misses and hits are this module's own."""
+    """A fresh statistics cache for this module, and one thread (two oversubscribe the shared 2 cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("RCGM_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
         mp.delenv("RCGM_FID_WEIGHTS", raising=False)
         yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -88,13 +91,19 @@ def scorer(mnist):
     return FrechetScorer("fid", ref, reference_name="mnist held-out")
 
 
-@pytest.mark.slow
-def test_mnist_fid_orders_real_blurred_noise(scorer, mnist):
+@pytest.fixture(scope="module")
+def anchors(scorer, mnist):
+    """FID of real training-pool digits and of the prior's noise (what a 0-step model's 1-NFE samples are)."""
     g = torch.Generator().manual_seed(1)
     real, _ = mnist.sample(N, g)  # training pool: never in the held-out reference
-    fid_real = scorer.score(real, label_sampling="training-pool labels")
-    fid_blur = scorer.score(TF.gaussian_blur(real, [5, 5], [1.0, 1.0]))
-    fid_noise = scorer.score(torch.rand(N, 1, 28, 28, generator=g) * 2 - 1)
+    return {"real": scorer.score(real, label_sampling="training-pool labels"), "real_images": real,
+            "noise": scorer.score(torch.randn(N, 1, 28, 28, generator=g).clamp(-1, 1))}
+
+
+@pytest.mark.slow
+def test_mnist_fid_orders_real_blurred_noise(scorer, anchors):
+    fid_blur = scorer.score(TF.gaussian_blur(anchors["real_images"], [5, 5], [1.0, 1.0]))
+    fid_real, fid_noise = anchors["real"], anchors["noise"]
     print(f"FID ({N} vs {N}, bundled Inception): real {fid_real:.1f}, blur(sigma=1) {fid_blur:.1f}, noise {fid_noise:.1f}")
     assert 0 < fid_real < fid_blur < fid_noise and fid_noise > 3 * fid_real
     prov = scorer.provenance
@@ -122,8 +131,8 @@ def test_reference_statistics_come_from_the_cache(scorer, mnist, network):
 
 
 @pytest.mark.slow
-def test_briefly_trained_dit_lands_between_real_and_noise(scorer, mnist):
-    """DiT-XS/4 after 300 CPU steps of RCGM (order 2) at 1 NFE: better than noise, far from real digits."""
+def test_briefly_trained_dit_lands_between_real_and_noise(scorer, anchors):
+    """DiT-XS/4 after 300 CPU steps of RCGM (order 2) at 1 NFE: better than its noise, far from real digits."""
     from trainables.config import TrialConfig
     from trainables.loop import Trainer
     from trainables.rcgm.sampling import sample
@@ -133,15 +142,12 @@ def test_briefly_trained_dit_lands_between_real_and_noise(scorer, mnist):
     trainer = Trainer(cfg)
     for _ in range(cfg.steps):
         trainer.train_step()
-    g = torch.Generator().manual_seed(2)
-    z = torch.randn(N, 1, 28, 28, generator=g)
-    dit = scorer.score(sample(trainer.model.eval(), z, 1, y=torch.arange(N) % 10).clamp(-1, 1),
-                       label_sampling="class-balanced: sample i gets label i % 10")
-    real = scorer.score(mnist.sample(N, torch.Generator().manual_seed(1))[0])
-    noise = scorer.score(torch.randn(N, 1, 28, 28, generator=g).clamp(-1, 1))  # the prior itself, 0 steps
-    print(f"FID ({N} vs {N}): real {real:.1f}, DiT-XS/4 300 steps {dit:.1f}, Gaussian noise {noise:.1f}")
-    assert real < dit < noise
-    assert scorer.provenance["label_sampling"] is None  # the last score (noise) named no labels
+    z = torch.randn(N, 1, 28, 28, generator=torch.Generator().manual_seed(2))
+    labels = "class-balanced: sample i gets label i % 10"
+    dit = scorer.score(sample(trainer.model.eval(), z, 1, y=torch.arange(N) % 10).clamp(-1, 1), label_sampling=labels)
+    print(f"FID ({N} vs {N}): real {anchors['real']:.1f}, DiT-XS/4 300 steps {dit:.1f}, noise {anchors['noise']:.1f}")
+    assert anchors["real"] < dit < anchors["noise"]
+    assert (scorer.provenance["label_sampling"], scorer.provenance["sample_count"]) == (labels, N)
 
 
 @pytest.mark.slow

