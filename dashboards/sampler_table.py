@@ -33,7 +33,6 @@ WEIGHTS, SAMPLES = "weights", "samples"
 METRIC_PREFIX = "sampler_"  # sampler_mmd2, sampler_fd: the family's value at this setting
 ARTIFACT_DIR = "sampler"
 PARENT_TAG = "mlflow.parentRunId"
-ENDED_WELL = ("finished",)
 
 
 def metric_name(family: str) -> str:

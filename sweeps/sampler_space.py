@@ -5,7 +5,7 @@ Time grids form one family for every NFE, the power schedule t_j = (1 - j/n)^rho
 spends more steps near the data, rho < 1 near the noise). At 2 NFE the family has one free time,
 the middle one, t_1 = 2^-rho: `--mid-times m` is the 2-NFE grid (1, m, 0), i.e. rho = log m / log 1/2.
 By default the grids above 2 NFE use those same rhos, so each row of a table keeps its schedule
-across NFEs: for every even n the halfway step t_{n/2} sits at m (0.3 -> 4 NFE grid 1, 0.607, 0.3, 0.0904, 0).
+across NFEs: for every even n the halfway step t_{n/2} sits at m (0.3 -> 4 NFE grid 1, 0.607, 0.3, 0.09, 0).
 1 NFE has only the grid (1, 0).
 """
 
