@@ -180,6 +180,11 @@ def test_one_two_and_three_workers_give_identical_statistics():
         assert stats.count == PLAN.n
         assert torch.equal(stats.total, one.total) and torch.equal(stats.outer, one.outer)
         assert fid == fid1
+    # What distributed_stats ships: chunk features, turned into statistics by reduce, the same bits.
+    net = PooledPixels()
+    parts = [sharded.chunk_features(PLAN, chunks_for_rank(PLAN.n, r, 2), toy_sampler, net) for r in range(2)]
+    from_features = reduce(parts, PLAN.n)
+    assert torch.equal(from_features.outer, one.outer) and torch.equal(from_features.total, one.total)
 
 
 def test_sample_inputs_depend_only_on_seed_and_index():

@@ -7,6 +7,7 @@ image counts stay small (8-48) and the longer ones are marked slow.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 
 import pytest
 import torch
@@ -83,6 +84,10 @@ def test_compare_command_refuses_a_missing_official_file(tmp_path):
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and str(missing) in lines[0] and "is not a file" in lines[0]
+    if importlib.util.find_spec("torch_fidelity") is None:  # the file is there, the package to load it is not
+        missing.write_bytes(b"stand-in bytes")
+        done = run_cli(["-m", "trainables.metrics.inception", "--compare", str(missing)], timeout=120)
+        assert done.returncode == 2 and done.stderr.count("\n") == 1 and "pip install torch-fidelity" in done.stderr
 
 
 @pytest.fixture(scope="module")

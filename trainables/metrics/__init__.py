@@ -1,4 +1,4 @@
-"""Sample-quality metrics: MMD^2 for point clouds, Frechet distances for images."""
+"""Sample-quality metrics: MMD^2 for point clouds, Frechet distances (fd, fid, fld) for images and latents."""
 
 from trainables.metrics.mmd import MMD_DESCRIPTION, mmd2
 

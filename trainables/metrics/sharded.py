@@ -3,10 +3,10 @@
 Samples are numbered globally 0..N-1 and grouped into fixed chunks of CHUNK_SIZE by that number.
 Chunk c's noise and labels come from a torch.Generator seeded from (seed, c) alone, always drawn
 for a full chunk and cut to length, so sample i's inputs depend only on (seed, i): never on N, W
-or the rank. A rank generates and featurises its own chunks (`chunks_for_rank`), keeps one
-FeatureStats per chunk, and `reduce` adds the chunks in ascending chunk id. Float64 addition in
-a fixed order gives the same bits for any W; per chunk, the bits are those of the same images
-through the same network (on one machine and thread setting: matmul kernels may differ across CPUs).
+or the rank. A rank generates and featurises its own chunks (`chunks_for_rank`), and `reduce`
+adds the chunks' FeatureStats in ascending chunk id. Float64 addition in a fixed order gives the
+same bits for any W; per chunk, the bits are those of the same images through the same network
+(on one machine type and thread setting: matmul kernels may round differently across CPUs).
 """
 
 from __future__ import annotations
@@ -101,16 +101,21 @@ class SamplePlan:
                 "label_sampling": self.label_sampling}
 
 
-def chunk_stats(plan: SamplePlan, chunk_ids: Iterable[int], sample_fn: SampleFn,
-                extractor: Extractor) -> dict[int, FeatureStats]:
-    """FeatureStats of each listed chunk's samples."""
+def chunk_features(plan: SamplePlan, chunk_ids: Iterable[int], sample_fn: SampleFn,
+                   extractor: Extractor) -> dict[int, torch.Tensor]:
+    """The (n_c, D) features of each listed chunk's samples, on the CPU."""
     out = {}
     for chunk_id in chunk_ids:
         noise, labels = plan.inputs(chunk_id)
         with torch.no_grad():
-            images = sample_fn(noise, labels)
-            out[chunk_id] = FeatureStats.from_features(extractor(images))
+            out[chunk_id] = extractor(sample_fn(noise, labels)).detach().cpu()
     return out
+
+
+def chunk_stats(plan: SamplePlan, chunk_ids: Iterable[int], sample_fn: SampleFn,
+                extractor: Extractor) -> dict[int, FeatureStats]:
+    """FeatureStats of each listed chunk's samples."""
+    return {c: FeatureStats.from_features(f) for c, f in chunk_features(plan, chunk_ids, sample_fn, extractor).items()}
 
 
 def rank_chunk_stats(plan: SamplePlan, rank: int, world_size: int, sample_fn: SampleFn,
@@ -119,22 +124,31 @@ def rank_chunk_stats(plan: SamplePlan, rank: int, world_size: int, sample_fn: Sa
     return chunk_stats(plan, chunks_for_rank(plan.n, rank, world_size), sample_fn, extractor)
 
 
-def reduce(parts: Iterable[Mapping[int, FeatureStats]], n: int) -> FeatureStats:
-    """Merge per-chunk statistics (from any number of ranks) in ascending chunk id; every chunk exactly once."""
-    merged: dict[int, FeatureStats] = {}
+def reduce(parts: Iterable[Mapping[int, FeatureStats | torch.Tensor]], n: int) -> FeatureStats:
+    """Merge per-chunk statistics (from any number of ranks) in ascending chunk id; every chunk exactly once.
+
+    A value may also be the chunk's (n_c, D) features: its statistics are then made here, one chunk
+    at a time, so only one (D, D) matrix is alive besides the total.
+    """
+    merged: dict[int, FeatureStats | torch.Tensor] = {}
     for part in parts:
-        for chunk_id, stats in part.items():
+        for chunk_id, value in part.items():
             if chunk_id in merged:
                 raise ConfigError("chunk_id", chunk_id, "each chunk from exactly one rank (this one came twice)")
-            merged[chunk_id] = stats
+            merged[chunk_id] = value
     missing = sorted(set(range(num_chunks(n))) - set(merged))
     extra = sorted(set(merged) - set(range(num_chunks(n))))
     if missing or extra:
         raise ConfigError("chunks", f"missing {missing[:5]}, unexpected {extra[:5]}",
                           f"chunks 0..{num_chunks(n) - 1}, each once, for {n} samples")
-    total = merged[0]
+
+    def stats_of(chunk_id: int) -> FeatureStats:
+        value = merged.pop(chunk_id)  # dropped once added: memory falls as the merge proceeds
+        return value if isinstance(value, FeatureStats) else FeatureStats.from_features(value)
+
+    total = stats_of(0)
     for chunk_id in range(1, num_chunks(n)):
-        total = total + merged[chunk_id]
+        total = total + stats_of(chunk_id)
     return total
 
 
@@ -142,14 +156,16 @@ def distributed_stats(plan: SamplePlan, sample_fn: SampleFn, extractor: Extracto
                       group=None) -> FeatureStats | None:
     """FeatureStats of all plan.n samples generated across a torch.distributed process group.
 
-    Every rank generates its chunks; the per-chunk statistics are gathered (to every rank, or only
-    to rank dst) and reduced there in chunk order. Returns the statistics where they were
-    gathered, None on the other ranks. Every rank of the group must call this.
+    Every rank generates and featurises its chunks; the per-chunk features are gathered (to every
+    rank, or only to rank dst) and reduced there in chunk order. Features, not statistics, travel:
+    a chunk of 250 Inception features is 2 MB, its (2048, 2048) float64 outer products 32 MiB.
+    Returns the statistics where they were gathered, None on the other ranks. Every rank of the
+    group must call this.
     """
     import torch.distributed as dist
 
     rank, world = dist.get_rank(group), dist.get_world_size(group)
-    mine = rank_chunk_stats(plan, rank, world, sample_fn, extractor)
+    mine = chunk_features(plan, chunks_for_rank(plan.n, rank, world), sample_fn, extractor)
     if dst is None:
         gathered = [None] * world
         dist.all_gather_object(gathered, mine, group=group)
