@@ -128,6 +128,9 @@ class TrialConfig:
                               "half-life in training images, e.g. 500000 (the same for any batch size or worker "
                               "count), or a decay per step, e.g. 0.9999; 0 = off",
                               accepts=EvalEmaSetting(), track=Track.UNLESS_DEFAULT)
+    fid_samples: int = setting(0, "at the trial's end, an Inception FID of this many samples per NFE (e.g. 50000), "
+                               "generated across all the trial's workers, against the whole held-out split "
+                               "(image tasks); 0 = off", accepts=IntRange(0), track=Track.UNLESS_DEFAULT)
     image_metric: str = setting("fd", "image metric: fd (offline digit-classifier features) or fid (Inception weights)",
                                 accepts=Choice(("fd", "fid")), track=Track.LABELLED)
     checkpoint_every: int = setting(0, "checkpoint every this many steps", accepts=IntRange(0), track=Track.NEVER,
@@ -179,6 +182,11 @@ class TrialConfig:
             self._set("eval_samples", min(DEFAULT_EVAL_SAMPLES[kind], IMAGE_HELD_OUT.get(self.task, math.inf),
                                           latent_held_out(self.task) if kind == "latents" else math.inf))
         IntRange(2).check("eval_samples", self.eval_samples)
+        if self.fid_samples and self.kind != "images":
+            raise ConfigError("fid_samples", self.fid_samples, f"0 for the {self.kind} task {self.task!r}: the closing "
+                              "FID is for image tasks (latent folders score fd / fid on decoded samples instead)")
+        if self.fid_samples == 1:
+            raise ConfigError("fid_samples", 1, "0 (off) or >= 2 (a covariance needs two samples)")
         if self.checkpoint_every == 0:
             self._set("checkpoint_every", self.eval_every)
         if self.batch_size < self.workers:

@@ -46,8 +46,8 @@ def _check(cfg: TrialConfig) -> None:
             task.decoder()  # a VAE changed since the folder was built is refused here (VAEChanged)
         except VAEUnavailable:
             pass  # scored as fld in latent space; the metric_definition tag says why
-    if cfg.kind == "images" and cfg.image_metric == "fid":
-        from trainables.metrics.frechet import resolve_fid_weights
+    if cfg.kind == "images" and (cfg.image_metric == "fid" or cfg.fid_samples):
+        from trainables.metrics.inception import resolve_fid_weights
 
         resolve_fid_weights(None)
     check_environment()

@@ -88,6 +88,15 @@ class Rank0:
             self.tracker.settle()
         return ev
 
+    def log_closing_fid(self, values: dict[str, float], description: str, step: int) -> None:
+        """The closing FID: metrics at the last step, its definition tag, and best_ values (one evaluation)."""
+        from trainables.final_fid import family
+
+        self.evaluator.best.update({k: v for k, v in values.items() if v == v and v != float("inf")})
+        if self.tracker is not None:
+            self.tracker.log_metrics(values, step)
+            self.tracker.set_tags({f"metric_definition.{family(self.cfg)}": description})
+
     def finish(self, status: Status, reason: str, step: int, wall: float, state_dir: Path | None,
                meter: StepMeter | None = None) -> None:
         """Log best and final values, what training cost, the final checkpoint, and close the run with its status."""

@@ -82,6 +82,20 @@ def run_trial(cfg: TrialConfig, placement: Placement, report: Report, *, checkpo
     return Outcome(status, reason, lead.last_picture if lead is not None else None)
 
 
+def closing_fid(cfg: TrialConfig, trainer: Trainer, lead, step: int) -> dict[str, float]:
+    """The trial's closing FID-N across all ranks (trainables.final_fid); rank 0 logs it and counts it as best."""
+    from trainables.evaluation import EMA_PREFIX
+    from trainables.final_fid import FinalFID
+
+    fid = FinalFID(cfg, trainer.task, trainer.device, trainer.rank, trainer.world_size)
+    values = fid.score(trainer.model)
+    if trainer.eval_ema is not None:
+        values.update(fid.score(trainer.eval_ema.module, EMA_PREFIX))
+    if lead is not None:
+        lead.log_closing_fid(values, fid.description(), step)
+    return values
+
+
 def out_of_memory_reason(err: BaseException, trainer: Trainer) -> str:
     """Where memory ran out, for the run's status_reason: the step, the device and the allocator's words."""
     words = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -133,6 +147,9 @@ def run_loop(cfg: TrialConfig, trainer: Trainer, lead, report: Report, agree=lam
         status = agree(status)
         done = last or status != Status.RUNNING
         final = Status.FINISHED if (done and status == Status.RUNNING) else status
+        if final == Status.FINISHED and cfg.fid_samples:
+            # After agree(): every rank reaches this together, as the gather in it needs.
+            metrics.update(closing_fid(cfg, trainer, lead, step))
         # Reported as plain text: Tune writes results to JSON and its own tables.
         metrics["status"] = str(final)
         state_dir = None
