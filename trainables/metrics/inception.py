@@ -134,12 +134,17 @@ class InceptionFeatures(nn.Module):
             self.name = f"inception-v3-compat (torch-fidelity {_version('torch-fidelity')}, {weights.path.name})"
         self.sha256 = file_sha256(weights.path)
 
+    @property
+    def device(self) -> torch.device:
+        """Where the network's weights are (`.to(device)` moves them; inputs follow)."""
+        return next(self.network.parameters()).device
+
     @staticmethod
     def to_levels(images: torch.Tensor) -> torch.Tensor:
         """[-1, 1] (N, C, H, W) -> float 0..255 integer levels (N, 3, H, W), grey repeated to RGB."""
         if images.ndim != 4 or images.shape[1] not in (1, 3):
             raise ConfigError("images", tuple(images.shape), "(N, C, H, W) with C = 1 (grey) or 3 (RGB)")
-        x = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round()
+        x = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round()
         return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
 
     def _forward_batch(self, levels: torch.Tensor) -> torch.Tensor:
@@ -154,9 +159,10 @@ class InceptionFeatures(nn.Module):
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Features in chunks of batch_size, so memory stays bounded for any N."""
-        out = [self._forward_batch(self.to_levels(chunk)).float() for chunk in images.split(self.batch_size)]
-        return torch.cat(out) if out else torch.zeros(0, FEATURE_DIM)
+        """Features on the network's device, in chunks of batch_size, so memory stays bounded for any N."""
+        device = self.device
+        out = [self._forward_batch(self.to_levels(chunk.to(device))).float() for chunk in images.split(self.batch_size)]
+        return torch.cat(out) if out else torch.zeros(0, FEATURE_DIM, device=device)
 
 
 def load_inception(weights: str | None = None, batch_size: int = 32) -> InceptionFeatures:
