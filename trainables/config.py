@@ -131,7 +131,7 @@ class TrialConfig:
     fid_samples: int = setting(0, "at the trial's end, an Inception FID of this many samples per NFE (e.g. 50000), "
                                "generated across all the trial's workers, against the whole held-out split "
                                "(image tasks); 0 = off", accepts=IntRange(0), track=Track.UNLESS_DEFAULT)
-    image_metric: str = setting("fd", "image metric: fd (offline digit-classifier features) or fid (Inception weights)",
+    image_metric: str = setting("fd", "image metric: fd (offline digit-classifier features) or fid (the bundled Inception port, or $RCGM_FID_WEIGHTS)",
                                 accepts=Choice(("fd", "fid")), track=Track.LABELLED)
     checkpoint_every: int = setting(0, "checkpoint every this many steps", accepts=IntRange(0), track=Track.NEVER,
                                     auto="0 = with every evaluation")
