@@ -89,7 +89,7 @@ def test_every_setting_is_declared_once_and_reaches_a_flag_a_param_and_a_column(
     dests = {a.dest: a for a in parser._actions}
     # A config under which every tracked setting is logged: labelled task, non-default values.
     cfg = TrialConfig(task="mnist", lr_schedule="cosine", collapse_after=0.5, time_schedule="beta", time_params={"a": 0.8},
-                      precision="bf16", attention="math", eval_ema=0.9999)
+                      precision="bf16", attention="math", eval_ema=0.9999, fid_samples=1000)
     params = cfg.tracking_params()
     expected = set()
     for name, f in declarations().items():
