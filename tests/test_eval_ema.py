@@ -126,4 +126,5 @@ def test_a_tracked_trial_logs_the_online_and_the_eval_ema_metrics(tmp_path):
         assert [m.value for m in online] != [m.value for m in averaged]
         assert f"best_{EMA_PREFIX}mmd2_{k}nfe" in run.data.metrics
     assert run.data.params["eval_ema"] == "3000.0"
+    assert "sampler few on the uniform time grid" in run.data.tags["metric_definition.mmd2"]
     assert "half-life 3000 training images" in run.data.tags["rcgm.eval_ema"]

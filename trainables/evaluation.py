@@ -40,7 +40,11 @@ class Evaluator:
         self.noise = torch.randn((cfg.eval_samples, *task.shape), generator=gen)
         self.sample_generator_seed = 20_011 + cfg.seed
         self.family = cfg.metric_family
-        self._scorer, self.description = self._build_scorer()
+        self._scorer, description = self._build_scorer()
+        # The rest of a score's provenance: how its samples were drawn (labels, sampler, time grid).
+        labels = "" if self.labels is None else ("; labels: those of the held-out images drawn (a random draw "
+                                                 "from a class-stratified split)")
+        self.description = f"{description}{labels}; sampler {cfg.sample_style} on the uniform time grid at the NFE of the metric's name"
         self.noise_level = self.score(self.noise)
         self.best: dict[str, float] = {}
 
