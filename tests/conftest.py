@@ -26,6 +26,20 @@ os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
 os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
 os.environ["RAY_TRAIN_ENABLE_PRINT_PATCH"] = "0"
 os.environ["PYTHONUNBUFFERED"] = "1"
+
+
+@pytest.fixture(autouse=True)
+def _environment_kept():
+    """Undo what a test's in-process entry point exported (MLFLOW_TRACKING_URI, RAY_AIR_NEW_OUTPUT, ...).
+
+    Later tests start subprocesses that inherit os.environ: a leaked tracking URI sent a search's
+    runs to another test's store, a leaked quiet-output switch hid Tune's tables from --verbose.
+    """
+    saved = dict(os.environ)
+    yield
+    if os.environ != saved:
+        os.environ.clear()
+        os.environ.update(saved)
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 os.environ.pop("RAY_ADDRESS", None)
 os.environ.pop("RCGM_STORAGE_PATH", None)

@@ -51,7 +51,7 @@ def test_every_task_is_accepted_with_each_entry_points_defaults(module, task, la
 @pytest.mark.parametrize("task", TASKS)
 def test_a_short_real_run_of_every_task_works(task, latents, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("RCGM_RUNS_DIR", str(tmp_path / "runs"))
-    argv = ["--local", "--task", _task(task, latents), "--steps", "6", "--eval-every", "6",
+    argv = ["--local", "--task", _task(task, latents), "--steps", "6", "--eval-every", "6", "--nfe", "1",
             "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
     code = _main("trainables.run", argv)
     out = capsys.readouterr().out

@@ -3,9 +3,9 @@
 import subprocess
 import sys
 
-import mlflow
 import pytest
 import torch
+from mlflow.tracking import MlflowClient
 
 from trainables.config import TrialConfig
 from trainables.eval_ema import RAMPUP, EvalEMA, step_decay
@@ -115,10 +115,10 @@ def test_a_tracked_trial_logs_the_online_and_the_eval_ema_metrics(tmp_path):
            "--eval-ema", "3000", "--nfe", "1,2", "--tracking-uri", uri, "--name", "ema-trial"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    mlflow.set_tracking_uri(uri)
-    (run,) = mlflow.search_runs(experiment_names=["trials"], output_format="list",
+    # A client bound to the store: mlflow.set_tracking_uri would export MLFLOW_TRACKING_URI to every later test.
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("trials").experiment_id],
                                 filter_string="tags.mlflow.runName = 'ema-trial'")
-    client = mlflow.MlflowClient()
     for k in (1, 2):
         online = client.get_metric_history(run.info.run_id, f"mmd2_{k}nfe")
         averaged = client.get_metric_history(run.info.run_id, f"{EMA_PREFIX}mmd2_{k}nfe")
