@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import torch
 
 from trainables.config import TrialConfig
+from trainables.metrics.reference_stats import EVAL_SEED
 from trainables.rcgm.sampling import sample
 from trainables.status import Status
 
@@ -34,7 +35,7 @@ class Evaluator:
     def __init__(self, cfg: TrialConfig, task, device):
         self.cfg, self.task, self.device = cfg, task, torch.device(device)
         gen = torch.Generator()
-        gen.manual_seed(10_007 + cfg.data_seed)
+        gen.manual_seed(EVAL_SEED + cfg.data_seed)  # the seed the reference-statistics command draws with too
         self.reference, self.labels = task.reference(cfg.eval_samples, gen)
         # Fixed evaluation noise: curves measure the model, not the luck of the draw.
         self.noise = torch.randn((cfg.eval_samples, *task.shape), generator=gen)
