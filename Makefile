@@ -34,8 +34,12 @@ system-packages:
 
 chromium: system-packages
 
+# Two pytest processes, whole files each: the cluster and sweep tests spend much of their time
+# waiting (servers restarting, nodes declared dead, outages sat through), and the other process
+# fills those waits. TEST_WORKERS=0 runs everything in one process.
+TEST_WORKERS ?= 2
 test: $(STAMP) system-packages
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # While working: everything but the tests marked slow (real Ray, MLflow stores and servers, deploy
 # files, Chromium). `make test` stays the full suite, and it is what CI runs.

@@ -18,7 +18,10 @@ ARTIFACTS = STATE / "artifacts"
 # Set before any test imports ray/mlflow/matplotlib, so subprocesses inherit them too.
 STATE.mkdir(exist_ok=True)
 ARTIFACTS.mkdir(exist_ok=True)
-os.environ.setdefault("RCGM_RUNS_DIR", str(STATE / "runs"))
+# One runs folder per pytest-xdist worker (`make test` runs two): sweeps of the same name in two
+# test files must not share a Tune experiment folder. The cache is shared: its writes are atomic.
+WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+os.environ.setdefault("RCGM_RUNS_DIR", str(STATE / (f"runs-{WORKER}" if WORKER else "runs")))
 os.environ.setdefault("RCGM_CACHE_DIR", str(STATE / "cache"))
 os.environ.setdefault("MPLCONFIGDIR", str(STATE / "mpl"))
 os.environ.setdefault("TORCH_HOME", str(STATE / "torch"))

@@ -21,7 +21,8 @@ import requests
 from mlflow.exceptions import MlflowException, RestException
 
 from trainables.status import Status
-from trainables.tracking import TrialTracker, TrialTracking
+from trainables import tracking_queue
+from trainables.tracking import TrialTracker, TrialTracking, recorded_result
 from trainables.tracking_queue import PATIENCE_ENV, TrackingOutage, WriteQueue, is_outage, patience_s
 
 
@@ -130,10 +131,14 @@ def test_a_wrong_request_fails_the_trial_in_its_own_thread():
     server = Server()
     q = _queue()
 
-    def bad():  # what the client raises for a server's 400 answer
+    on_the_wire = threading.Event()
+
+    def bad():  # what the client raises for a server's 400 answer, once "next" is queued behind it
+        on_the_wire.wait(10)
         raise RestException({"error_code": "INVALID_PARAMETER_VALUE", "message": "Param value too long"})
     q.put("bad", bad)
     q.put("next", server.write("next"))
+    on_the_wire.set()
     with pytest.raises(MlflowException, match="too long"):
         q.drain()
     q.drain()
@@ -225,3 +230,41 @@ def test_a_trial_rides_out_a_server_outage_longer_than_the_client_retries(tmp_pa
         _end(server)
     err = capfd.readouterr().err
     assert "unreachable" in err and "answers again after" in err
+
+
+@pytest.mark.slow
+def test_a_trial_restarted_during_an_outage_waits_for_the_server(tmp_path, monkeypatch, capfd):
+    """A retried trial first asks MLflow whether an earlier attempt ended it: with the server away it waits, not fails.
+
+    Found on the local cluster: a trial moved off a killed node restarted while MLflow was down and
+    spent both its retries in the client's few seconds of backoff.
+    """
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    monkeypatch.setattr(tracking_queue, "RETRY_EVERY_S", 0.5)
+    port = _free_port()
+    uri = f"http://127.0.0.1:{port}"
+    server = _start_server(tmp_path, port)
+    try:
+        tracking = TrialTracking(uri=uri, experiment="restart", trial_key="restart/N2", run_name="N2")
+        tracker = TrialTracker(tracking)
+        tracker.start({"order": "2"})
+        tracker.log_metrics({"loss": 0.5, "final_step": 10}, 10)
+        tracker.finish(Status.FINISHED)
+        _end(server)
+        seen = {}
+
+        def look_up():
+            try:
+                seen["result"] = recorded_result(tracking)
+            except Exception as err:  # the failure this test is about: it must not happen
+                seen["error"] = err
+        asking = threading.Thread(target=look_up)
+        asking.start()
+        asking.join(6)  # longer than the client's own retry
+        assert asking.is_alive() and not seen, seen
+        server = _start_server(tmp_path, port)
+        asking.join(60)
+        assert seen.get("result", {}).get("status") == "finished" and seen["result"]["step"] == 10, seen
+    finally:
+        _end(server)
+    assert "unreachable while looking up trial 'restart/N2'" in capfd.readouterr().err

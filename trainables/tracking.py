@@ -18,6 +18,7 @@ from pathlib import Path
 
 from trainables.locations import REPO_ROOT
 from trainables.status import Status
+from trainables.tracking_queue import WriteQueue, call_through_outage
 
 TRIAL_KEY_TAG = "rcgm.trial_key"
 # The view MLflow 3's UI gives the experiment when its workflow switch is off; with the switch on
@@ -225,10 +226,13 @@ def recorded_result(tracking: TrialTracking) -> dict | None:
     Tune saves its own state every few seconds: a head or driver lost in between forgets trials
     that had finished, and a resumed sweep would train them again. The run is the record.
     """
-    run_id = trial_run_id(tracking.uri, tracking.experiment, tracking.trial_key)
-    if run_id is None:
+    def read():
+        run_id = trial_run_id(tracking.uri, tracking.experiment, tracking.trial_key)
+        return None if run_id is None else _client(tracking.uri).get_run(run_id)
+
+    run = call_through_outage(f"MLflow at {tracking.uri}", f"looking up trial {tracking.trial_key!r}", read)
+    if run is None:
         return None
-    run = _client(tracking.uri).get_run(run_id)
     status = run.data.tags.get("status")
     if status not in ENDED or "final_step" not in run.data.metrics:
         return None  # running, stopped or failed: those train (again) from their checkpoints
@@ -236,13 +240,16 @@ def recorded_result(tracking: TrialTracking) -> dict | None:
 
 
 def mark_trial_failed(tracking: TrialTracking, reason: str) -> None:
-    """Record a trial that raised (for a TorchTrainer: retries exhausted) as failed, if its run exists."""
-    run_id = trial_run_id(tracking.uri, tracking.experiment, tracking.trial_key)
-    if run_id:
-        client = _client(tracking.uri)
-        client.set_tag(run_id, "status", str(Status.FAILED))
-        client.set_tag(run_id, "status_reason", reason)
-        client.set_terminated(run_id, status=Status.FAILED.mlflow_run_status)
+    """Record a trial that raised (for a TorchTrainer: retries exhausted) as failed, if its run exists (waiting out an outage)."""
+    def write():
+        run_id = trial_run_id(tracking.uri, tracking.experiment, tracking.trial_key)
+        if run_id:
+            client = _client(tracking.uri)
+            client.set_tag(run_id, "status", str(Status.FAILED))
+            client.set_tag(run_id, "status_reason", reason)
+            client.set_terminated(run_id, status=Status.FAILED.mlflow_run_status)
+
+    call_through_outage(f"MLflow at {tracking.uri}", f"recording trial {tracking.trial_key!r} as failed", write)
 
 
 class TrialTracker:
@@ -253,8 +260,6 @@ class TrialTracker:
     """
 
     def __init__(self, tracking: TrialTracking):
-        from trainables.tracking_queue import WriteQueue
-
         # MLflow retries a failed request for ~4 minutes by default, blocking the training loop all
         # that time; the queue keeps the writes instead, so the client's own retries can be short.
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(CLIENT_RETRIES))

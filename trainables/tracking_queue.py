@@ -126,15 +126,7 @@ class WriteQueue:
 
     def call(self, what: str, read: Callable[[], object]):
         """Run a call whose answer is needed now (finding or creating the run), waiting up to the patience."""
-        deadline = time.monotonic() + self.patience
-        while True:
-            try:
-                return read()
-            except Exception as err:
-                if not is_outage(err) or time.monotonic() >= deadline:
-                    raise
-                self.say(f"tracking: {self.where} unreachable while {what} ({_short(err)}); retrying")
-                time.sleep(min(self.retry_every, max(0.0, deadline - time.monotonic())))
+        return call_through_outage(self.where, what, read, self.patience, self.retry_every, self.say)
 
     def _raise_error(self) -> None:
         """Re-raise, in the caller's thread, a wrong request the sender met (called holding the lock)."""
@@ -176,6 +168,28 @@ class WriteQueue:
                              f"queued writes replayed")
                     self.down_since = None
                 self.wake.notify_all()
+
+
+def call_through_outage(where: str, what: str, read: Callable[[], object], patience: float | None = None,
+                        retry_every: float | None = None, say: Callable[[str], None] | None = None):
+    """read(), tried again every retry_every while the server is away, up to the patience; a wrong request raises at once.
+
+    For the calls whose answer a trial needs before it can go on: opening its run, and asking
+    whether an earlier attempt already ended it (a trial restarted during an outage waits for the
+    server instead of failing its retries away).
+    """
+    patience = patience_s() if patience is None else patience
+    retry_every = RETRY_EVERY_S if retry_every is None else retry_every
+    say = say or (lambda line: print(line, file=sys.stderr, flush=True))
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            return read()
+        except Exception as err:
+            if not is_outage(err) or time.monotonic() >= deadline:
+                raise
+            say(f"tracking: {where} unreachable while {what} ({_short(err)}); retrying")
+            time.sleep(min(retry_every, max(0.0, deadline - time.monotonic())))
 
 
 def _short(err: BaseException) -> str:

@@ -145,7 +145,11 @@ def tune_trial(config: dict) -> None:
             fit_torch_trainer(spec, tracking)
     except Exception as err:
         if tracking is not None:
-            mark_trial_failed(tracking, f"{type(err).__name__}: {err}"[:500])
+            try:
+                mark_trial_failed(tracking, f"{type(err).__name__}: {err}"[:500])
+            except Exception as unrecorded:  # the server stayed away: Tune must still see the trial's own error
+                print(f"tracking: trial {spec.key} failed and could not be recorded as failed: {unrecorded}",
+                      file=sys.stderr, flush=True)
         raise
 
 
