@@ -7,7 +7,7 @@ import re
 
 import pyarrow as pa
 
-from trainables import cost_schema
+from trainables import cost_schema, metric_names
 from trainables.config import param_types
 from trainables.status import FROM_MLFLOW_RUN_STATUS, UNHEALTHY as _UNHEALTHY
 
@@ -63,8 +63,8 @@ def parse_nfe_key(key: str) -> tuple[str, int] | None:
     return (m["family"], int(m["nfe"])) if m else None
 
 
-# The eval EMA's families: `ema_fd` beside `fd` (trainables.evaluation.EMA_PREFIX; tests/test_eval_ema.py checks they agree).
-EMA_PREFIX = "ema_"
+# The eval EMA's families: `ema_fd` beside `fd`.
+EMA_PREFIX = metric_names.EMA_PREFIX
 
 
 def family_title(family: str) -> str:

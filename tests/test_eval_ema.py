@@ -9,7 +9,7 @@ from mlflow.tracking import MlflowClient
 
 from trainables.config import TrialConfig
 from trainables.eval_ema import RAMPUP, EvalEMA, step_decay
-from trainables.evaluation import EMA_PREFIX
+from trainables.metric_names import EMA_PREFIX
 from trainables.loop import Trainer
 from trainables.rcgm.errors import ConfigError
 

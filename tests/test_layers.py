@@ -112,7 +112,7 @@ def layer(name: str) -> str:
         return "method"
     if name.startswith(("trainables.models", "trainables.data", "trainables.metrics")):
         return "parts"
-    if name in ("trainables.locations", "trainables.status", "trainables.cost_schema"):
+    if name in ("trainables.locations", "trainables.status", "trainables.cost_schema", "trainables.metric_names"):
         return "leaf"  # standard library only: every layer may import them
     return name.split(".")[0].replace("trainables", "trainable")
 

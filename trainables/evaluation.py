@@ -8,14 +8,13 @@ from dataclasses import dataclass, field
 import torch
 
 from trainables.config import TrialConfig
+from trainables.metric_names import EMA_PREFIX
 from trainables.metrics.reference_stats import EVAL_SEED
 from trainables.rcgm.sampling import sample
 from trainables.status import Status
 
 # A metric this many times worse than the noise itself means the samples blew up.
 EXPLODE_FACTOR = 10.0
-# The eval EMA's metrics: `ema_fd_1nfe` beside the online `fd_1nfe` (best_ema_..., the dashboards' `ema_fd` family).
-EMA_PREFIX = "ema_"
 
 
 @dataclass
