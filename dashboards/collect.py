@@ -18,6 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from dashboards import columns as C
 from trainables import locations
+from trainables.metric_names import DEFINITION_PREFIX
 from dashboards.errors import (DashboardError, ExperimentNotFound, MissingMetricsWarning,
                                NoTrialRuns, SweepNotFound, TrackingStoreNotFound)
 
@@ -200,8 +201,8 @@ def _row(run, parents: dict[str, Parent]) -> dict:
         if col:
             row[col] = float(value)
     for key, value in tags.items():
-        if key.startswith("metric_definition."):
-            row["definition." + key[len("metric_definition."):]] = value
+        if key.startswith(DEFINITION_PREFIX):
+            row["definition." + key[len(DEFINITION_PREFIX):]] = value
     return row
 
 

@@ -76,7 +76,7 @@ def family_title(family: str) -> str:
 
 def metric_key(family: str, nfe: int) -> str:
     """The MLflow metric key of a family at an NFE."""
-    return f"{family}_{nfe}nfe"
+    return metric_names.nfe_metric(family, nfe)
 
 
 def final_col(family: str, nfe: int) -> str:

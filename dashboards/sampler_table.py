@@ -20,6 +20,7 @@ from mlflow.exceptions import MlflowException
 from dashboards import htmlpage as H
 from dashboards.collect import client_for, default_tracking_uri, search_all
 from dashboards.errors import DashboardError
+from trainables.metric_names import DEFINITION_PREFIX, definition_tag
 from trainables.rcgm.ranges import SAMPLE_STYLE
 
 # The schema of a sampler point's run (docs/images.md, "Sampler sweeps on frozen checkpoints").
@@ -66,13 +67,13 @@ def point_of(run) -> SamplerPoint | None:
     params, tags, metrics = run.data.params, run.data.tags, run.data.metrics
     families = [k[len(METRIC_PREFIX):] for k in metrics if k.startswith(METRIC_PREFIX)]
     family = families[0] if families else next(
-        (k.split(".", 1)[1] for k in tags if k.startswith("metric_definition.")), "metric")
+        (k[len(DEFINITION_PREFIX):] for k in tags if k.startswith(DEFINITION_PREFIX)), "metric")
     try:
         return SamplerPoint(
             run.info.run_id, tags[PARENT_TAG], int(params[NFE]), params[STYLE], params[TIMES], params[TIME_POWER],
             float(params[GUIDANCE]), params[WEIGHTS], int(params[SAMPLES]), family,
             metrics.get(metric_name(family)), tags.get("status", run.info.status.lower()), tags.get("git.commit"),
-            tags.get(STEP_TAG), tags.get(f"metric_definition.{family}"))
+            tags.get(STEP_TAG), tags.get(definition_tag(family)))
     except (KeyError, ValueError):
         return None
 

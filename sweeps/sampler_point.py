@@ -18,6 +18,7 @@ from pathlib import Path
 from dashboards import sampler_table as schema
 from sweeps.sampler_space import SamplerSetting
 from trainables.config import TrialConfig
+from trainables.metric_names import definition_tag
 from trainables.rcgm.errors import ConfigError
 from trainables.status import Status
 from trainables.tracking import TrialTracker, TrialTracking
@@ -206,7 +207,7 @@ def run_point(spec: PointSpec) -> tuple[float, Status]:
         tracker.finish(Status.FAILED, f"{type(err).__name__}: {err}"[:500])
         raise
     family = ctx.evaluator.family  # the Evaluator's: a latent folder with a VAE scores decoded images (fd, fid)
-    tags = {**spec.tags(), f"metric_definition.{family}": ctx.evaluator.description, "rcgm.device": str(ctx.device)}
+    tags = {**spec.tags(), definition_tag(family): ctx.evaluator.description, "rcgm.device": str(ctx.device)}
     tracker.start(spec.params(), tags)
     status = Status.FINISHED if math.isfinite(value) else Status.DIVERGED
     # At the checkpoint's step: the point's number sits beside the trial's curve at the step it came from.

@@ -9,7 +9,7 @@ from mlflow.tracking import MlflowClient
 
 from trainables.config import TrialConfig
 from trainables.eval_ema import RAMPUP, EvalEMA, step_decay
-from trainables.metric_names import EMA_PREFIX
+from trainables.metric_names import EMA_PREFIX, nfe_metric
 from trainables.loop import Trainer
 from trainables.rcgm.errors import ConfigError
 
@@ -97,8 +97,8 @@ def test_a_checkpoint_of_another_setting_is_refused():
 def test_the_dashboards_name_the_eval_ema_families_as_the_trials_write_them():
     from dashboards import columns
 
-    assert columns.EMA_PREFIX == EMA_PREFIX
-    assert columns.parse_nfe_key(f"{EMA_PREFIX}fd_1nfe") == (f"{EMA_PREFIX}fd", 1)
+    for family in ("mmd2", "fd", f"{EMA_PREFIX}fd", "fid50000", f"{EMA_PREFIX}fid50000"):
+        assert columns.parse_nfe_key(nfe_metric(family, 4)) == (family, 4)  # the reader takes apart what the writer names
     assert "eval EMA" in columns.family_title(f"{EMA_PREFIX}fd") and columns.family_title("fd") == "fd"
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from trainables.data.catalog import IMAGE_HELD_OUT, LATENT_PREFIX, TASK_NAMES, is_latent_task, task_kind
+from trainables.metric_names import nfe_metric
 from trainables.models import MODEL_NAMES
 from trainables.rcgm import ranges
 from trainables.rcgm.checks import Boolean, Choice, IntRange, RealRange
@@ -264,7 +265,7 @@ class TrialConfig:
 
     def metric_names(self) -> list[str]:
         """Metric names per NFE, e.g. ['mmd2_1nfe', 'mmd2_2nfe']."""
-        return [f"{self.metric_family}_{k}nfe" for k in self.nfe]
+        return [nfe_metric(self.metric_family, k) for k in self.nfe]
 
     def to_dict(self) -> dict:
         """Plain dict (JSON- and pickle-safe) that from_dict turns back into this config."""

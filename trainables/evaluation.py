@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import torch
 
 from trainables.config import TrialConfig
-from trainables.metric_names import EMA_PREFIX
+from trainables.metric_names import EMA_PREFIX, nfe_metric
 from trainables.metrics.reference_stats import EVAL_SEED
 from trainables.rcgm.sampling import sample
 from trainables.status import Status
@@ -84,7 +84,7 @@ class Evaluator:
         metrics, samples = {}, {}
         for k in self.cfg.nfe:
             x = sample(model, z, k, style=self.cfg.sample_style, y=y, generator=gen).cpu()
-            name = f"{prefix}{self.family}_{k}nfe"
+            name = nfe_metric(prefix + self.family, k)
             metrics[name] = self.score(x)
             samples[k] = x
             if math.isfinite(metrics[name]):

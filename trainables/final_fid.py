@@ -15,6 +15,7 @@ import math
 import torch
 
 from trainables.config import TrialConfig
+from trainables.metric_names import nfe_metric
 from trainables.metrics.feature_stats import cached_stats
 from trainables.metrics.inception import load_inception
 from trainables.metrics.reference_stats import EVAL_SEED
@@ -79,7 +80,7 @@ class FinalFID:
             parts = self._gather(self._chunk_features(model, nfe))
             if parts is None:
                 continue
-            name = f"{prefix}{family(self.cfg)}_{nfe}nfe"
+            name = nfe_metric(prefix + family(self.cfg), nfe)
             if any(s is None for part in parts for s in part.values()):
                 out[name] = math.inf
             else:

@@ -15,6 +15,7 @@ from trainables.config import TrialConfig
 from trainables.cost import StepMeter, device_name, peak_tflops, rates
 from trainables.evaluation import Evaluator
 from trainables.loop import Trainer
+from trainables.metric_names import definition_tag
 from trainables.process_memory import peak_resident_mb, resident_mb
 from trainables.status import Status
 from trainables.tracking import TrialTracker, TrialTracking
@@ -39,7 +40,7 @@ class Rank0:
     def _start_tracking(self, tracking: TrialTracking, resumed_from: int | None) -> None:
         """Open (or reopen) the trial's MLflow child run."""
         self.tracker = TrialTracker(tracking)
-        tags = {f"metric_definition.{self.evaluator.family}": self.evaluator.description,
+        tags = {definition_tag(self.evaluator.family): self.evaluator.description,
                 # Which process ran the loop: with reused Tune actors one process runs several trials.
                 "rcgm.process": f"{socket.gethostname()}:{os.getpid()}", **self.run_tags()}
         if self.trainer.eval_ema is not None:
@@ -95,7 +96,7 @@ class Rank0:
         self.evaluator.best.update({k: v for k, v in values.items() if v == v and v != float("inf")})
         if self.tracker is not None:
             self.tracker.log_metrics(values, step)
-            self.tracker.set_tags({f"metric_definition.{family(self.cfg)}": description})
+            self.tracker.set_tags({definition_tag(family(self.cfg)): description})
 
     def finish(self, status: Status, reason: str, step: int, wall: float, state_dir: Path | None,
                meter: StepMeter | None = None) -> None:

@@ -84,8 +84,8 @@ def run_trial(cfg: TrialConfig, placement: Placement, report: Report, *, checkpo
 
 def closing_fid(cfg: TrialConfig, trainer: Trainer, lead, step: int) -> dict[str, float]:
     """The trial's closing FID-N across all ranks (trainables.final_fid); rank 0 logs it and counts it as best."""
-    from trainables.metric_names import EMA_PREFIX
     from trainables.final_fid import FinalFID
+    from trainables.metric_names import EMA_PREFIX
 
     fid = FinalFID(cfg, trainer.task, trainer.device, trainer.rank, trainer.world_size)
     values = fid.score(trainer.model)

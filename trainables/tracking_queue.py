@@ -67,7 +67,7 @@ class WriteQueue:
         self.where = where
         self.patience = patience_s() if patience is None else patience
         self.retry_every = retry_every
-        self.say = say or (lambda line: print(line, file=sys.stderr, flush=True))
+        self.say = say or _to_stderr
         self.pending: deque[tuple[str, Callable[[], object]]] = deque()
         self.down_since: float | None = None
         self.outages = 0  # how many outages this queue rode out
@@ -180,7 +180,7 @@ def call_through_outage(where: str, what: str, read: Callable[[], object], patie
     """
     patience = patience_s() if patience is None else patience
     retry_every = RETRY_EVERY_S if retry_every is None else retry_every
-    say = say or (lambda line: print(line, file=sys.stderr, flush=True))
+    say = say or _to_stderr
     deadline = time.monotonic() + patience
     while True:
         try:
@@ -190,6 +190,11 @@ def call_through_outage(where: str, what: str, read: Callable[[], object], patie
                 raise
             say(f"tracking: {where} unreachable while {what} ({_short(err)}); retrying")
             time.sleep(min(retry_every, max(0.0, deadline - time.monotonic())))
+
+
+def _to_stderr(line: str) -> None:
+    """Where a trial's tracking lines go by default: its log, beside Ray's own."""
+    print(line, file=sys.stderr, flush=True)
 
 
 def _short(err: BaseException) -> str:
